@@ -1,0 +1,182 @@
+"""Workflow configuration: load, merge, validate.
+
+The configuration is data (YAML). ``validate_config`` checks it against ``config_schema.yaml`` and
+then checks the cross references the schema cannot express (a method naming a model that does not
+exist, say). Every error is a ``ConfigError`` whose message names the key path, the bad value and
+the fix, for example::
+
+    config key 'generation.num_inferenc_steps' is not allowed (did you mean 'num_inference_steps'?)
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the key."""
+
+
+@lru_cache(maxsize=1)
+def config_schema() -> dict[str, Any]:
+    text = resources.files("spo").joinpath("config_schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+SOURCE_KEYS = {"id", "path", "tiny"}
+DEFAULT_CONFIG = "config/config.yaml"
+
+
+def _is_source(value: Any) -> bool:
+    return isinstance(value, dict) and bool(SOURCE_KEYS & set(value))
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``overlay`` into a copy of ``base``; nested dicts merge, everything else replaces.
+
+    A model ``source`` mapping replaces the one below it whole: merging ``{tiny: ...}`` with
+    ``{id: ..., revision: ...}`` key by key would give a source that is both.
+    """
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _is_source(value):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_extends(config: dict[str, Any], root: str | Path = ".", _seen: tuple = ()) -> dict[str, Any]:
+    """Apply ``extends: <file>`` (relative to ``root``), recursively, then drop the key.
+
+    A config with neither ``extends`` nor ``profile`` (for example only ``--config seed=3`` on
+    the command line) extends the embedded default ``config/config.yaml``.
+    """
+    config = dict(config)
+    parent = config.pop("extends", None)
+    if parent is None and "profile" not in config:
+        parent = DEFAULT_CONFIG
+    if parent is None:
+        return config
+    path = Path(root) / parent
+    if str(path) in _seen:
+        raise ConfigError(f"config key 'extends' makes a cycle: {' -> '.join(_seen + (str(path),))}")
+    if not path.is_file():
+        raise ConfigError(f"config key 'extends' names '{parent}', which does not exist under '{root}'")
+    base = yaml.safe_load(path.read_text()) or {}
+    return deep_merge(resolve_extends(base, root, _seen + (str(path),)), config)
+
+
+def load_config(paths: Iterable[str | Path], root: str | Path = ".") -> dict[str, Any]:
+    """Read YAML files (later ones override earlier ones), apply ``extends`` and validate."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+        merged = deep_merge(merged, data)
+    merged = resolve_extends(merged, root)
+    validate_config(merged)
+    return merged
+
+
+def _key_path(parts: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in parts) or "<top level>"
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _schema_error_message(error) -> str:
+    """Turn one jsonschema ValidationError into a message that names the key and the fix."""
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        messages = []
+        for key in extra:
+            full = f"{where}.{key}" if error.absolute_path else key
+            hint = _suggest(key, allowed)
+            messages.append(
+                f"config key '{full}' is not allowed{hint}; allowed keys here: {', '.join(allowed)}"
+            )
+        return "; ".join(messages)
+    if error.validator == "required":
+        return f"config key '{where}' is missing a required entry: {error.message}"
+    if error.validator == "enum":
+        return (f"config key '{where}' has value {error.instance!r}; allowed values: "
+                f"{', '.join(map(repr, error.validator_value))}")
+    if error.validator == "oneOf":
+        got = sorted(error.instance) if isinstance(error.instance, dict) else error.instance
+        if "revision" in str(error.validator_value) and "tiny" in str(error.validator_value):
+            return (f"config key '{where}' must give exactly one of: {{id, revision}} (hub, with a "
+                    f"pinned revision), {{path}} (local folder or file) or {{tiny}}; got {got!r}")
+        if "hub_parquet" in str(error.validator_value):
+            return f"config key '{where}' must give exactly one of: path, hub_parquet; got {got!r}"
+        return f"config key '{where}' has value {error.instance!r}, which matches none of the allowed forms"
+    if error.validator == "propertyNames":
+        return f"config key '{where}' has an invalid name: {error.message}"
+    return f"config key '{where}' has value {error.instance!r}: {error.message}"
+
+
+def validate_config(config: dict[str, Any]) -> None:
+    """Raise ``ConfigError`` (all problems at once, one per line) if ``config`` is invalid."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(config_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    messages = [_schema_error_message(e) for e in errors]
+    if not messages:
+        messages = _cross_reference_errors(config)
+    if messages:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
+
+
+def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
+    out = []
+    models, methods, sets = config["models"], config["methods"], config["prompt_sets"]
+    for name, method in methods.items():
+        if method["model"] not in models:
+            out.append(f"config key 'methods.{name}.model' names model '{method['model']}', which is "
+                       f"not under 'models'{_suggest(method['model'], models)}; defined: "
+                       f"{', '.join(sorted(models))}")
+    for key, pool in (("methods", methods), ("prompt_sets", sets)):
+        for item in config["evaluate"][key]:
+            if item not in pool:
+                out.append(f"config key 'evaluate.{key}' names '{item}', which is not under "
+                           f"'{key}'{_suggest(item, pool)}; defined: {', '.join(sorted(pool))}")
+    for name, spec in sets.items():
+        if "hub_parquet" in spec["source"] and "count" not in spec:
+            out.append(f"config key 'prompt_sets.{name}.count' is required for a hub source: the "
+                       f"DAG plans generation shards before anything is downloaded")
+    from spo.metrics import registered_scorers
+
+    known = registered_scorers()
+    for name, spec in config["metrics"].items():
+        scorer = spec.get("scorer", name)
+        if scorer not in known:
+            out.append(f"config key 'metrics.{name}' names scorer '{scorer}', which does not exist"
+                       f"{_suggest(scorer, known)}; available: {', '.join(sorted(known))}")
+    return out
+
+
+def images_per_prompt(config: dict[str, Any], prompt_set: str) -> int:
+    return config["prompt_sets"][prompt_set].get(
+        "images_per_prompt", config["generation"]["images_per_prompt"])
+
+
+def method_guidance_scale(config: dict[str, Any], method: str) -> float:
+    return float(config["methods"][method].get(
+        "guidance_scale", config["generation"]["guidance_scale"]))

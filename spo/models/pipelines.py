@@ -1,0 +1,81 @@
+"""Load a method's diffusers pipeline: base model, optional UNet / VAE replacement, optional LoRA.
+
+One loader for SD-1.5 and SDXL; the family only picks the pipeline class. Every part is a config
+``source`` (see ``spo.models.sources``), so hub models with pinned revisions, local folders and the
+tiny stand-ins the DAG builds all go through the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spo.models.sources import fetch_file, from_pretrained, local_root
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pipeline_class(family: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    classes = {"sd15": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+    if family not in classes:
+        raise ValueError(f"unknown model family '{family}'; allowed: {', '.join(classes)}")
+    return classes[family]
+
+
+def tiny_model_dir(models_root: str | Path, model_name: str) -> Path:
+    """Where the DAG writes the tiny stand-in of ``models.<model_name>``."""
+    return Path(models_root) / "pipelines" / model_name
+
+
+def load_method_pipeline(config: dict[str, Any], method: str, *, models_root: str | Path,
+                         dtype: str = "float32", device: str = "cpu"):
+    """Build the pipeline of ``methods.<method>`` with a DDIM scheduler, ready to sample.
+
+    Args:
+        config: the validated workflow config.
+        method: a key of ``config['methods']``.
+        models_root: folder of the DAG-built tiny models (``results/models``).
+        dtype: one of ``DTYPES``; device: a torch device string.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    method_cfg = config["methods"][method]
+    model_name = method_cfg["model"]
+    model_cfg = config["models"][model_name]
+    torch_dtype = DTYPES[dtype]
+    tiny_dir = tiny_model_dir(models_root, model_name)
+    parts: dict[str, Any] = {}
+    if model_cfg["family"] == "sd15":
+        parts.update(safety_checker=None, requires_safety_checker=False)
+    if "vae" in model_cfg:
+        parts["vae"] = from_pretrained(AutoencoderKL.from_pretrained, model_cfg["vae"],
+                                       tiny_dir=tiny_dir / "vae", dtype=torch_dtype)
+    if "unet" in method_cfg:
+        parts["unet"] = from_pretrained(UNet2DConditionModel.from_pretrained, method_cfg["unet"],
+                                        tiny_dir=tiny_dir / "unet", dtype=torch_dtype)
+    pipe = from_pretrained(pipeline_class(model_cfg["family"]).from_pretrained, model_cfg["source"],
+                           tiny_dir=tiny_dir, dtype=torch_dtype, **parts)
+    if "lora" in method_cfg:
+        _load_lora(pipe, method_cfg["lora"], method)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _load_lora(pipe, spec: dict[str, Any], method: str) -> None:
+    """Load a diffusers-format LoRA (``pytorch_lora_weights.safetensors``) into ``pipe``."""
+    weight_name = spec.get("file", "pytorch_lora_weights.safetensors")
+    root = local_root(spec, None) if "tiny" not in spec else None
+    if "tiny" in spec:
+        raise ValueError(f"config key 'methods.{method}.lora' cannot be tiny; give a path or a hub id")
+    if root is None:
+        path = fetch_file({**spec, "file": weight_name})
+        folder = path.parent
+    else:
+        folder = root if root.is_dir() else root.parent
+        weight_name = weight_name if root.is_dir() else root.name
+    pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=method)

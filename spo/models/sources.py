@@ -1,0 +1,137 @@
+"""Resolve a config ``source`` (hub id + pinned revision, local path, or tiny) to something loadable.
+
+One function family serves every model the harness loads: pipelines, UNets, LoRAs, scorer
+checkpoints. Hub downloads go through ``huggingface_hub`` and honour ``HF_HUB_OFFLINE`` /
+``HF_HOME``; when a model is missing offline, the error names the id, the revision and the command
+that pre-downloads it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from spo.io import sha256_file
+
+T = TypeVar("T")
+
+
+class SourceError(RuntimeError):
+    """A model or checkpoint cannot be found, downloaded or verified."""
+
+
+def describe(spec: dict[str, Any]) -> str:
+    if "id" in spec:
+        sub = f" (subfolder {spec['subfolder']})" if spec.get("subfolder") else ""
+        file = f" file {spec['file']}" if spec.get("file") else ""
+        return f"'{spec['id']}' at revision {spec['revision']}{file}{sub}"
+    if "path" in spec:
+        return f"local path '{spec['path']}'"
+    return "a tiny random-init model"
+
+
+def _download_hint(spec: dict[str, Any]) -> str:
+    repo_type = spec.get("repo_type", "model")
+    cmd = f"huggingface-cli download {spec['id']} --revision {spec['revision']}"
+    if repo_type != "model":
+        cmd += f" --repo-type {repo_type}"
+    if spec.get("file"):
+        cmd += f" {spec.get('subfolder', '') + '/' if spec.get('subfolder') else ''}{spec['file']}"
+    return (f"pre-download it on a machine with internet access with `{cmd}` (into the same HF_HOME, "
+            f"now {os.environ.get('HF_HOME', '~/.cache/huggingface')}), or download it anywhere and "
+            f"set `path:` to the local copy instead of `id`/`revision`")
+
+
+def local_root(spec: dict[str, Any], tiny_dir: str | os.PathLike | None) -> Path | None:
+    """The local folder for a path or tiny source; None for a hub source."""
+    if "path" in spec:
+        root = Path(spec["path"])
+        if not root.exists():
+            raise SourceError(f"{describe(spec)} does not exist; fix `path:` in the config or create it")
+        return root
+    if "tiny" in spec:
+        if tiny_dir is None:
+            raise SourceError("a tiny source needs the folder the DAG built it in (tiny_dir)")
+        root = Path(tiny_dir)
+        if not root.exists():
+            raise SourceError(f"the tiny model folder '{root}' does not exist; build it with "
+                              f"`snakemake --cores 1 {root}` or `python -m spo tiny-models`")
+        return root
+    return None
+
+
+def from_pretrained(loader: Callable[..., T], spec: dict[str, Any], *,
+                    tiny_dir: str | os.PathLike | None = None, **kwargs: Any) -> T:
+    """Call a ``from_pretrained``-style ``loader`` on the source, with a clear error when it fails.
+
+    Args:
+        loader: e.g. ``StableDiffusionPipeline.from_pretrained`` or ``UNet2DConditionModel.from_pretrained``.
+        spec: the config's source mapping.
+        tiny_dir: where the DAG wrote the tiny stand-in, for ``tiny`` sources.
+        kwargs: passed through (dtype, variant, ...).
+    """
+    root = local_root(spec, tiny_dir)
+    if spec.get("subfolder"):
+        kwargs["subfolder"] = spec["subfolder"]
+    if root is not None:
+        return loader(str(root), local_files_only=True, **kwargs)
+    try:
+        return loader(spec["id"], revision=spec["revision"], **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:  # hub errors subclass OSError
+        raise SourceError(f"cannot load {describe(spec)}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}\n"
+                          f"It is not in the local cache and the hub cannot be reached (or is "
+                          f"disabled with HF_HUB_OFFLINE=1): {_download_hint(spec)}") from exc
+
+
+def fetch_file(spec: dict[str, Any], *, tiny_dir: str | os.PathLike | None = None,
+               default_file: str | None = None) -> Path:
+    """Resolve a single checkpoint file (``file:`` in the spec), verify its sha256 when given."""
+    file = spec.get("file", default_file)
+    root = local_root(spec, tiny_dir)
+    if root is not None:
+        path = root
+        if root.is_dir():
+            if not file:
+                raise SourceError(f"{describe(spec)} is a folder; name the checkpoint with `file:`")
+            path = root / spec.get("subfolder", "") / file
+        if not path.is_file():
+            raise SourceError(f"checkpoint file '{path}' does not exist; fix `path:`/`file:` in the config")
+    else:
+        if not file:
+            raise SourceError(f"{describe(spec)}: name the checkpoint file with `file:`")
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(spec["id"], file, subfolder=spec.get("subfolder") or None,
+                                        revision=spec["revision"],
+                                        repo_type=spec.get("repo_type", "model")))
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"cannot fetch {describe({**spec, 'file': file})}: "
+                              f"{type(exc).__name__}; {_download_hint({**spec, 'file': file})}") from exc
+    if spec.get("sha256"):
+        found = sha256_file(path)
+        if found != spec["sha256"]:
+            raise SourceError(f"checksum mismatch for '{path}': expected sha256 {spec['sha256']}, "
+                              f"found {found}; the file is corrupt or another version: delete it and "
+                              f"download again, or fix `sha256:` if the config is wrong")
+    return path
+
+
+def snapshot(spec: dict[str, Any], *, tiny_dir: str | os.PathLike | None = None,
+             allow_patterns: list[str] | None = None) -> Path:
+    """Resolve a whole repository (or local folder) to a local folder."""
+    root = local_root(spec, tiny_dir)
+    if root is not None:
+        return root / spec.get("subfolder", "")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(spec["id"], revision=spec["revision"],
+                                   repo_type=spec.get("repo_type", "model"),
+                                   allow_patterns=allow_patterns)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot fetch {describe(spec)}: {type(exc).__name__}; "
+                          f"{_download_hint(spec)}") from exc
+    return Path(folder) / spec.get("subfolder", "")

@@ -1,0 +1,109 @@
+"""Prompt sets: load, validate, shard.
+
+A prompt set is a table with the columns ``prompt_id`` (str, unique) and ``prompt`` (str, non-empty),
+loaded from a TSV in the repository or from a Parquet split on the hub (Pick-a-Pic v1
+``validation_unique`` in the paper profile). Prompt ids are what seeds and tables key on, so they must
+be stable: TSV ids are given in the file; hub rows get their row index, zero-padded.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+class PromptError(ValueError):
+    """A prompt file is empty, malformed or has duplicate ids."""
+
+
+def read_prompt_tsv(path: str | Path) -> pd.DataFrame:
+    """Read a ``prompt_id<TAB>prompt`` file with a header line. Returns a validated frame."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptError(f"prompt file '{path}' does not exist; fix `prompt_sets.<name>.source.path`")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows:
+        raise PromptError(f"prompt file '{path}' is empty; it needs a header 'prompt_id<TAB>prompt' "
+                          f"and at least one prompt")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    if header != ["prompt_id", "prompt"]:
+        raise PromptError(f"prompt file '{path}' must start with the header 'prompt_id<TAB>prompt', "
+                          f"found {header!r}")
+    for line_no, row in enumerate(rows[1:], start=2):
+        if row and len(row) != 2:
+            raise PromptError(f"prompt file '{path}' line {line_no} has {len(row)} fields, expected 2 "
+                              f"(prompt_id<TAB>prompt; prompts must not contain tabs)")
+    frame = pd.DataFrame(body, columns=["prompt_id", "prompt"])
+    return validate_prompts(frame, str(path))
+
+
+def validate_prompts(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
+    if frame.empty:
+        raise PromptError(f"prompt set from '{origin}' is empty; add at least one prompt")
+    frame = frame.astype({"prompt_id": str, "prompt": str})
+    dup = frame["prompt_id"][frame["prompt_id"].duplicated()].unique().tolist()
+    if dup:
+        raise PromptError(f"prompt set from '{origin}' has duplicate prompt ids {dup[:5]}; "
+                          f"each prompt_id must be unique")
+    empty = frame["prompt_id"][frame["prompt"].str.strip() == ""].tolist()
+    if empty:
+        raise PromptError(f"prompt set from '{origin}' has empty prompts for ids {empty[:5]}")
+    return frame.reset_index(drop=True)
+
+
+def load_prompt_set(spec: dict[str, Any], root: str | Path = ".") -> pd.DataFrame:
+    """Load a prompt set from its config entry (``prompt_sets.<name>``)."""
+    source = spec["source"]
+    if "path" in source:
+        frame = read_prompt_tsv(Path(root) / source["path"])
+    else:
+        frame = _load_hub_parquet(source["hub_parquet"])
+    if "count" in spec and len(frame) != spec["count"]:
+        raise PromptError(f"prompt set has {len(frame)} prompts but the config declares count "
+                          f"{spec['count']}; fix `count` (it plans the shards)")
+    return frame
+
+
+def _load_hub_parquet(hub: dict[str, str]) -> pd.DataFrame:
+    """Read one text column of a hub dataset split, downloading only the matching Parquet files."""
+    import pyarrow.parquet as pq
+
+    from spo.models.sources import snapshot
+
+    folder = snapshot({"id": hub["id"], "revision": hub["revision"], "repo_type": "dataset"},
+                      allow_patterns=[hub["pattern"]])
+    files = sorted(folder.glob(hub["pattern"]))
+    if not files:
+        raise PromptError(f"no files match '{hub['pattern']}' in dataset {hub['id']}@{hub['revision']}")
+    texts = []
+    for file in files:
+        texts += pq.read_table(file, columns=[hub["column"]]).column(hub["column"]).to_pylist()
+    width = max(4, len(str(len(texts))))
+    frame = pd.DataFrame({"prompt_id": [str(i).zfill(width) for i in range(len(texts))],
+                          "prompt": texts})
+    return validate_prompts(frame, f"{hub['id']}:{hub['pattern']}")
+
+
+def count_prompts(spec: dict[str, Any], root: str | Path = ".") -> int:
+    """Number of prompts, known without downloading (``count`` for hub sources)."""
+    if "count" in spec:
+        return int(spec["count"])
+    return len(load_prompt_set(spec, root))
+
+
+def num_shards(n_prompts: int, shard_size: int) -> int:
+    return max(1, math.ceil(n_prompts / shard_size))
+
+
+def shard_slice(frame: pd.DataFrame, shard: int, shard_size: int) -> pd.DataFrame:
+    """Rows ``[shard * shard_size, (shard + 1) * shard_size)`` of the prompt set."""
+    n = num_shards(len(frame), shard_size)
+    if not 0 <= shard < n:
+        raise PromptError(f"shard {shard} is out of range: the set has {len(frame)} prompts, "
+                          f"{n} shards of {shard_size}")
+    return frame.iloc[shard * shard_size:(shard + 1) * shard_size].reset_index(drop=True)

@@ -1,0 +1,76 @@
+"""Scoring stage: one metric over one or more generation shards, per-image scores in Parquet.
+
+The scorer is built once per job (weights loaded once) and called on batches. Every generated
+image is scored (one public evaluation script scores only the first of four images per prompt).
+An image that cannot be decoded stops the job with its path and no output is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from spo.generate import read_manifest
+from spo.io import provenance, write_json_atomic, write_parquet_atomic
+
+SCORE_COLUMNS = ["method", "prompt_set", "shard", "prompt_id", "image_index", "metric",
+                 "metric_version", "score", "path"]
+
+
+class ImageDecodeError(RuntimeError):
+    """A generated image cannot be read."""
+
+
+def open_image(path: str | Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise ImageDecodeError(
+            f"cannot decode image '{path}' ({type(exc).__name__}: {exc}); the generation shard is "
+            f"damaged: delete the folder '{Path(path).parent}' and rerun the DAG to regenerate "
+            f"it") from exc
+
+
+def score_manifest(scorer, manifest: pd.DataFrame, batch_size: int, metric: str) -> pd.DataFrame:
+    """Score every row of ``manifest`` (absolute paths) in batches of ``batch_size``."""
+    scores: list[float] = []
+    for start in range(0, len(manifest), batch_size):
+        part = manifest.iloc[start:start + batch_size]
+        images = [open_image(p) for p in part["path"]]
+        values = np.asarray(scorer(images, list(part["prompt"])), dtype=np.float64)
+        if values.shape != (len(part),) or not np.all(np.isfinite(values)):
+            raise RuntimeError(f"scorer '{metric}' returned {values.shape} values (non-finite: "
+                               f"{int((~np.isfinite(values)).sum())}) for {len(part)} images")
+        scores += values.tolist()
+    out = manifest[["method", "prompt_set", "shard", "prompt_id", "image_index", "path"]].copy()
+    out["metric"] = metric
+    out["metric_version"] = scorer.version
+    out["score"] = scores
+    return out[SCORE_COLUMNS]
+
+
+def score_shards(config: dict[str, Any], metric: str, shard_dirs: Sequence[str | Path],
+                 out_file: str | Path, *, models_root: str | Path, device: str | None = None) -> pd.DataFrame:
+    """Score the images of ``shard_dirs`` with ``metrics.<metric>`` and write ``out_file``."""
+    import torch
+
+    from spo.metrics import build_scorer, resolve_weights
+
+    spec = config["metrics"][metric]
+    manifest = pd.concat([read_manifest(d) for d in shard_dirs], ignore_index=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    weights = resolve_weights(spec, tiny_root=str(Path(models_root) / "metrics" / metric))
+    dtype = spec.get("dtype", "float32")
+    scorer = build_scorer(spec.get("scorer", metric), spec, device=device, dtype=dtype, weights=weights)
+    frame = score_manifest(scorer, manifest, spec.get("batch_size", 16), metric)
+    write_parquet_atomic(out_file, frame)
+    write_json_atomic(Path(str(out_file) + ".provenance.json"), provenance("score", {
+        "metric": metric, "spec": spec, "weights": weights, "device": device,
+        "shards": [str(d) for d in shard_dirs], "n_images": len(frame)}))
+    return frame

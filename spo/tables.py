@@ -1,0 +1,76 @@
+"""Tables: per (method, prompt set, metric) mean, std, n and a bootstrap CI over prompts.
+
+Written under ``results/tables/`` as ``<prompt_set>.csv`` (long form, one row per method and
+metric) and ``<prompt_set>.md`` (one row per method, one column per metric, with its version).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from spo.io import write_text_atomic
+from spo.stats import bootstrap_mean_ci
+
+SUMMARY_COLUMNS = ["prompt_set", "method", "metric", "metric_version", "mean", "std", "n_images",
+                   "n_prompts", "ci_low", "ci_high", "confidence"]
+
+
+def summarise(scores: pd.DataFrame, *, samples: int, confidence: float, seed: int) -> pd.DataFrame:
+    """Aggregate per-image scores (``spo.score.SCORE_COLUMNS``) into ``SUMMARY_COLUMNS`` rows."""
+    rows = []
+    keys = ["prompt_set", "method", "metric", "metric_version"]
+    for (prompt_set, method, metric, version), group in scores.groupby(keys, sort=True):
+        per_prompt = group.groupby("prompt_id")["score"].mean().to_numpy()
+        low, high = bootstrap_mean_ci(per_prompt, samples=samples, confidence=confidence, seed=seed)
+        rows.append({"prompt_set": prompt_set, "method": method, "metric": metric,
+                     "metric_version": version, "mean": group["score"].mean(),
+                     "std": group["score"].std(ddof=1) if len(group) > 1 else 0.0,
+                     "n_images": len(group), "n_prompts": len(per_prompt), "ci_low": low,
+                     "ci_high": high, "confidence": confidence})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def to_markdown(summary: pd.DataFrame, title: str, method_order: Sequence[str] = ()) -> str:
+    """One row per method; each cell 'mean [low, high]'; column names carry the metric version."""
+    summary = summary.copy()
+    summary["column"] = summary["metric"] + " (" + summary["metric_version"] + ")"
+    summary["cell"] = [f"{m:.4g} [{lo:.4g}, {hi:.4g}]"
+                       for m, lo, hi in zip(summary["mean"], summary["ci_low"], summary["ci_high"])]
+    wide = summary.pivot(index="method", columns="column", values="cell")
+    order = [m for m in method_order if m in wide.index] + sorted(set(wide.index) - set(method_order))
+    wide = wide.loc[order]
+    n = summary.groupby("method")["n_images"].max()
+    conf = summary["confidence"].iloc[0]
+    lines = [f"# {title}", "",
+             f"Mean score per method, with the {conf:.0%} bootstrap CI over prompts in brackets.", "",
+             "| method | n images | " + " | ".join(wide.columns) + " |",
+             "|---|---|" + "---|" * len(wide.columns)]
+    for method, row in wide.iterrows():
+        lines.append(f"| {method} | {n[method]} | " + " | ".join(row.fillna("-")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def build_tables(config: dict[str, Any], score_files: Sequence[str | Path],
+                 out_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Read every score file, write ``<prompt_set>.csv`` and ``.md`` per evaluated prompt set."""
+    scores = pd.concat([pd.read_parquet(f) for f in score_files], ignore_index=True)
+    opts = config["tables"]
+    summary = summarise(scores, samples=opts["bootstrap_samples"], confidence=opts["confidence"],
+                        seed=opts["seed"])
+    out = {}
+    for prompt_set in config["evaluate"]["prompt_sets"]:
+        part = summary[summary["prompt_set"] == prompt_set]
+        if part.empty:
+            raise ValueError(f"no scores for prompt set '{prompt_set}'; the score files given were "
+                             f"{[str(f) for f in score_files]}")
+        csv_path = Path(out_dir) / f"{prompt_set}.csv"
+        write_text_atomic(csv_path, part.to_csv(index=False, float_format="%.6g"))
+        label = config["prompt_sets"][prompt_set].get("label", prompt_set)
+        write_text_atomic(Path(out_dir) / f"{prompt_set}.md",
+                          to_markdown(part, f"{label} ({config['profile']} profile)",
+                                      config["evaluate"]["methods"]))
+        out[prompt_set] = part
+    return out

@@ -1,0 +1,92 @@
+import pytest
+import yaml
+
+from spo.config import ConfigError, deep_merge, load_config, resolve_extends, validate_config
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "released.yaml"])
+def test_shipped_configs_validate(repo_root, name):
+    config = load_config([repo_root / "config" / name], root=repo_root)
+    assert config["evaluate"]["methods"]
+
+
+def test_paper_profile_protocol(repo_root):
+    config = load_config([repo_root / "config" / "paper.yaml"], root=repo_root)
+    gen = config["generation"]
+    assert (gen["scheduler"], gen["num_inference_steps"], gen["guidance_scale"]) == ("ddim", 20, 5.0)
+    assert config["prompt_sets"]["pickapic-val"]["count"] == 500
+    for model in config["models"].values():
+        assert len(model["source"]["revision"]) == 40  # pinned commits, never a branch
+    assert not any("tiny" in m["source"] for m in config["models"].values())
+
+
+def _write(tmp_path, data, name="overlay.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_unknown_key_is_named_with_suggestion(tmp_path, repo_root):
+    bad = _write(tmp_path, {"generation": {"num_inferenc_steps": 3}})
+    with pytest.raises(ConfigError) as err:
+        load_config([repo_root / "config" / "config.yaml", bad], root=repo_root)
+    msg = str(err.value)
+    assert "generation.num_inferenc_steps" in msg and "did you mean 'num_inference_steps'" in msg
+
+
+def test_mistyped_value_is_named(tmp_path, repo_root):
+    bad = _write(tmp_path, {"generation": {"guidance_scale": "five"}})
+    with pytest.raises(ConfigError, match="generation.guidance_scale"):
+        load_config([repo_root / "config" / "config.yaml", bad], root=repo_root)
+
+
+def test_source_must_be_exactly_one_kind(tiny_config):
+    tiny_config["models"]["tiny-sd15"]["source"] = {"id": "x/y", "revision": "abc", "path": "p"}
+    with pytest.raises(ConfigError, match="models.tiny-sd15.source.*exactly one of"):
+        validate_config(tiny_config)
+    tiny_config["models"]["tiny-sd15"]["source"] = {"id": "x/y"}  # a hub id without revision
+    with pytest.raises(ConfigError, match="models.tiny-sd15.source"):
+        validate_config(tiny_config)
+
+
+def test_cross_references_are_checked(tiny_config):
+    tiny_config["methods"]["tiny-sd15-base"]["model"] = "tiny-sd16"
+    tiny_config["evaluate"]["prompt_sets"].append("nope")
+    tiny_config["metrics"]["pickscorr"] = {}
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_config)
+    msg = str(err.value)
+    assert "methods.tiny-sd15-base.model" in msg and "did you mean 'tiny-sd15'" in msg
+    assert "evaluate.prompt_sets" in msg and "'nope'" in msg
+    assert "metrics.pickscorr" in msg
+
+
+def test_hub_prompt_set_needs_count(tiny_config):
+    tiny_config["prompt_sets"]["hub"] = {"source": {"hub_parquet": {
+        "id": "a/b", "revision": "c", "pattern": "*.parquet", "column": "caption"}}}
+    with pytest.raises(ConfigError, match="prompt_sets.hub.count"):
+        validate_config(tiny_config)
+
+
+def test_deep_merge_replaces_sources_whole():
+    base = {"models": {"m": {"family": "sd15", "source": {"tiny": {"seed": 1}}}}}
+    over = {"models": {"m": {"source": {"id": "a/b", "revision": "r"}}}}
+    merged = deep_merge(base, over)
+    assert merged["models"]["m"] == {"family": "sd15", "source": {"id": "a/b", "revision": "r"}}
+    assert base["models"]["m"]["source"] == {"tiny": {"seed": 1}}  # inputs untouched
+
+
+def test_extends_and_default(tmp_path, repo_root):
+    # Only an override: the embedded default lies underneath.
+    config = resolve_extends({"seed": 7}, repo_root)
+    assert config["seed"] == 7 and config["profile"] == "tiny"
+    loop = _write(tmp_path, {"extends": "loop.yaml"}, "loop.yaml")
+    with pytest.raises(ConfigError, match="cycle"):
+        resolve_extends({"extends": loop.name}, tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_extends({"extends": "missing.yaml"}, tmp_path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config([tmp_path / "nope.yaml"])

@@ -1,0 +1,18 @@
+# Summary tables (mean, std, n, bootstrap CI over prompts) per evaluated prompt set.
+
+
+rule tables:
+    input:
+        scores=score_files(),
+    output:
+        table_files(),
+    params:
+        fingerprint=tables_fingerprint,
+        out_dir=tables_dir,
+    log:
+        "results/logs/tables.log",
+    benchmark:
+        "results/benchmarks/tables.tsv"
+    shell:
+        "{PYTHON} -m spo tables --config {RESOLVED_CONFIG} --scores {input.scores}"
+        " --out {params.out_dir} > {log} 2>&1"
