@@ -1,0 +1,194 @@
+"""Stage entry points (``python -m spo spm-pairs | spm-latents | train-spm``) and path conventions.
+
+Paths (the rules in ``workflow/rules/spm.smk`` use the same functions)::
+
+    results/spm/pairs/<dataset>/<split>/part-*.parquet     pairs (spm-pairs)
+    results/spm/latents/<dataset>/<split>/<model>/          cached VAE latents (spm-latents)
+    <models_root>/spm/<run>/                                the trained SPM (train-spm)
+    results/spm/<run>/validation.csv, checkpoints/          accuracy against t; resumable state
+    <models_root>/spm-init/pickscore/{model,processor}      tiny PickScore (tiny sources only)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "validation")
+MAX_CACHED_PROMPTS = 8192  # prompt embeddings held in memory (SD-1.5: ~0.5 MB each, cond + uncond)
+
+
+def pickscore_init_dir(models_root) -> Path:
+    return Path(models_root) / "spm-init" / "pickscore"
+
+
+def resolve_pickscore(config: dict[str, Any], models_root) -> tuple[str, str]:
+    """(model folder, processor folder) of ``spm.pickscore`` (hub, local, or the tiny one)."""
+    from spo.models.sources import snapshot
+
+    spec = config["spm"]["pickscore"]
+    out = []
+    for role in ("model", "processor"):
+        out.append(str(snapshot(spec[role], tiny_dir=pickscore_init_dir(models_root) / role)))
+    return out[0], out[1]
+
+
+def make_pairs(config, dataset: str, split: str, out_dir, *, models_root, root=".") -> None:
+    spec = config["spm"]["datasets"][dataset]
+    if split not in SPLITS:
+        raise SystemExit(f"error: split {split!r}; allowed: {', '.join(SPLITS)}")
+    if "tiny" in spec:
+        from spo.spm.tiny_pairs import make_tiny_pairs
+
+        make_tiny_pairs(config, dataset, split, out_dir, models_root=models_root, root=root)
+    else:
+        from spo.spm.pickapic import convert_pickapic
+
+        convert_pickapic(spec[split], split, out_dir, root=root)
+
+
+def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, validation_csv,
+              checkpoints, models_root, latents=None, val_latents=None, device: str | None = None,
+              stop_after: int | None = None) -> dict[str, Any]:
+    """Train ``spm.runs.<run>`` and write the SPM folder and the validation CSV atomically."""
+    import pandas as pd
+    import torch
+
+    from spo.io import atomic_path, write_json_atomic, provenance
+    from spo.preference.spm_io import from_pickscore, save_spm
+    from spo.spm.backbone import load_backbone
+    from spo.spm.data import attach_latents, read_pairs
+    from spo.spm.train import (VAL_COLUMNS, PairTensors, add_pseudo_labels, check_run_spec,
+                               train_loop, validate)
+
+    spec = config["spm"]["runs"][run]
+    check_run_spec(run, spec)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    began = time.perf_counter()
+    torch.manual_seed(spec["seed"])  # the timestep embedder's init draws from the global generator
+    model_dir, processor_dir = resolve_pickscore(config, models_root)
+    scorer = from_pickscore(model_dir, processor_dir, time_condition=spec["time_condition"], device=device)
+    backbone = load_backbone(config, spec["model"], models_root=models_root, device=device,
+                             dtype=spec.get("backbone_dtype", "float32"),
+                             guidance_scale=spec.get("guidance_scale", 5.0))
+    tensors = {}
+    for name, paths, cache in (("train", pairs, latents), ("validation", val_pairs, val_latents)):
+        frame = read_pairs([paths])
+        if cache:
+            frame = attach_latents(frame, [cache])
+        tensors[name] = PairTensors(frame, backbone, str(paths), spec.get("resolution"))
+    prompts = tensors["train"].prompts + tensors["validation"].prompts
+    if len(set(prompts)) <= MAX_CACHED_PROMPTS:  # Pick-a-Pic's ~10^5 prompts: encoded per batch
+        backbone.precompute(prompts)
+    dataset_spec = config["spm"]["datasets"][spec["data"]]
+    ceiling = "tiny" in dataset_spec  # labels are the analytic statistic: its own accuracy is the ceiling
+    thr = (spec.get("pickscore_labels") or {}).get("threshold")
+    if thr is not None:
+        for part in tensors.values():
+            add_pseudo_labels(scorer, part, thr)
+        tensors["validation"].label = tensors["validation"].pseudo
+    val_kw = dict(seed=spec["seed"], batch=spec.get("val_batch_size", 64), ceiling=ceiling)
+    rows = [{"stage": "init", "step": 0, **r} for r in
+            validate(scorer, backbone, tensors["validation"], spec["val_timesteps"], **val_kw)]
+    log.info("untrained: %s", [(r["t"], round(r["accuracy"], 3)) for r in rows])
+    result = train_loop(scorer, backbone, tensors["train"], spec, Path(checkpoints), run=run,
+                        stop_after=stop_after)
+    if result["step"] < spec["steps"]:
+        return result  # stopped early (tests): no outputs, as a killed job leaves none
+    final = validate(scorer, backbone, tensors["validation"], spec["val_timesteps"], **val_kw)
+    rows += [{"stage": "final", "step": result["step"], **r} for r in final]
+    log.info("trained: %s", [(r["t"], round(r["accuracy"], 3), round(r["ceiling"], 3)) for r in final])
+    table = pd.DataFrame([{"run": run, **r} for r in rows], columns=VAL_COLUMNS)
+    save_spm(scorer, out_dir)
+    write_json_atomic(Path(out_dir) / "provenance.json", provenance("train-spm", {
+        "run": run, "spec": spec, "train_pairs": len(tensors["train"]),
+        "validation_pairs": len(tensors["validation"]), "resumed_from": result["resumed_from"],
+        "train_seconds": result["seconds"], "total_seconds": time.perf_counter() - began}))
+    with atomic_path(validation_csv) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    return {**result, "validation": table}
+
+
+def check_spm_config(config: dict[str, Any]) -> None:
+    """Cross references the schema cannot express; errors name the key and the defined names."""
+    spm = config.get("spm")
+    if not spm:
+        raise SystemExit("error: the config has no `spm:` block (config/config.yaml shows one)")
+    models, datasets = config["models"], spm["datasets"]
+    problems = []
+    for name, ds in datasets.items():
+        if "tiny" in ds and ds["tiny"]["model"] not in models:
+            problems.append(f"config key 'spm.datasets.{name}.tiny.model' names '{ds['tiny']['model']}', "
+                            f"not under 'models' ({', '.join(sorted(models))})")
+    for name, run in spm["runs"].items():
+        if run["model"] not in models:
+            problems.append(f"config key 'spm.runs.{name}.model' names '{run['model']}', not under "
+                            f"'models' ({', '.join(sorted(models))})")
+        if run["data"] not in datasets:
+            problems.append(f"config key 'spm.runs.{name}.data' names '{run['data']}', not under "
+                            f"'spm.datasets' ({', '.join(sorted(datasets))})")
+    if problems:
+        raise SystemExit("error: " + "\n  ".join(problems))
+
+
+def save_tiny_pickscore(config: dict[str, Any], out_dir) -> int:
+    """Write the tiny PickScore ``spm.pickscore`` names (both roles must be tiny, same seed)."""
+    from spo.metrics.tiny import save_tiny_weights
+
+    spec = config["spm"]["pickscore"]
+    if not all("tiny" in spec[r] for r in ("model", "processor")):
+        raise SystemExit("error: spm.pickscore is not tiny in this config; nothing to build")
+    save_tiny_weights("pickscore", out_dir, seed=spec["model"]["tiny"].get("seed", 0))
+    return 0
+
+
+def cache_latents(config, pairs_dir, model: str, out_dir, *, models_root, resolution=None,
+                  batch: int = 16) -> None:
+    """Encode every image of a pairs folder once with ``models.<model>``'s VAE (posterior mean)."""
+    import pandas as pd
+    import torch
+
+    from spo.io import atomic_path, write_parquet_atomic
+    from spo.preference.spm_model import clip_pixels
+    from spo.spm.backbone import load_backbone
+    from spo.spm.data import decode_image, latents_to_bytes, read_pairs
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backbone = load_backbone(config, model, models_root=models_root, device=device)
+    files = sorted(Path(pairs_dir).glob("*.parquet"))
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        for file in files:
+            frame = read_pairs([file])
+            out = {"pair_id": frame["pair_id"].tolist()}
+            for col in ("image_0", "image_1"):
+                lat = []
+                for start in range(0, len(frame), batch):
+                    ims = [decode_image(b, f"'{file}' row {start + i} {col}")
+                           for i, b in enumerate(frame[col].iloc[start:start + batch])]
+                    if resolution:  # square crop at the training resolution, as the official loader
+                        ims = [clip_pixels(im[None], resolution, (0, 0, 0), (1, 1, 1))[0] for im in ims]
+                    lat.append(backbone.encode(torch.stack(ims)).cpu())
+                out[f"latent_{col[-1]}"], shape = latents_to_bytes(torch.cat(lat))
+            out["latent_shape"] = [shape] * len(frame)
+            write_parquet_atomic(tmp / file.name, pd.DataFrame(out))
+
+
+def run_stage(config, args) -> int:
+    """Dispatch ``spm-pairs``, ``spm-latents`` and ``train-spm`` (see ``spo.__main__``)."""
+    check_spm_config(config)
+    if args.stage == "spm-pairs":
+        make_pairs(config, args.dataset, args.split, args.out, models_root=args.models_root)
+    elif args.stage == "spm-latents":
+        cache_latents(config, args.pairs, args.model, args.out, models_root=args.models_root,
+                      resolution=args.resolution)
+    else:
+        if args.run not in config["spm"]["runs"]:
+            raise SystemExit(f"error: spm run {args.run!r} is not under spm.runs; defined: "
+                             f"{', '.join(sorted(config['spm']['runs']))}")
+        train_spm(config, args.run, pairs=args.pairs, val_pairs=args.val_pairs, out_dir=args.out,
+                  validation_csv=args.validation_csv, checkpoints=args.checkpoints,
+                  models_root=args.models_root, latents=args.latents, val_latents=args.val_latents)
+    return 0

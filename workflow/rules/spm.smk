@@ -1,0 +1,88 @@
+# The step-aware preference model (issue 4): pairs -> (latent cache) -> train-spm per run.
+# Paths: spo/spm/stage.py. Every run in `spm.runs` is a target of `rule all` (spm_files()).
+# Functions: workflow/rules/spm_common.smk.
+
+
+rule spm_tiny_pickscore:
+    output:
+        directory(f"{MODELS_ROOT}/spm-init/pickscore"),
+    params:
+        fingerprint=lambda wildcards: stable_hash(_spm()["pickscore"]),
+    log:
+        "results/logs/spm_tiny_pickscore.log",
+    benchmark:
+        "results/benchmarks/spm_tiny_pickscore.tsv"
+    threads: 1
+    shell:
+        "{PYTHON} -m spo tiny-model --config {RESOLVED_CONFIG} --spm-pickscore"
+        " --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule spm_pairs:
+    input:
+        unpack(spm_pairs_inputs),
+    output:
+        directory("results/spm/pairs/{dataset}/{split}"),
+    wildcard_constraints:
+        split="train|validation",
+    params:
+        fingerprint=spm_data_fingerprint,
+    log:
+        "results/logs/spm_pairs/{dataset}/{split}.log",
+    benchmark:
+        "results/benchmarks/spm_pairs/{dataset}/{split}.tsv"
+    threads: 1
+    shell:
+        "{PYTHON} -m spo spm-pairs --config {RESOLVED_CONFIG} --dataset {wildcards.dataset}"
+        " --split {wildcards.split} --models-root {MODELS_ROOT} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+# Encodes each image once: every SPM variant and every rerun reuses the latents.
+rule spm_latents:
+    input:
+        unpack(spm_latents_inputs),
+    output:
+        directory("results/spm/latents/{dataset}/{split}/{model}"),
+    wildcard_constraints:
+        split="train|validation",
+    params:
+        fingerprint=lambda wildcards: stable_hash(CONFIG["models"][wildcards.model]),
+        resolution=spm_latent_resolution,
+    log:
+        "results/logs/spm_latents/{dataset}/{split}/{model}.log",
+    benchmark:
+        "results/benchmarks/spm_latents/{dataset}/{split}/{model}.tsv"
+    threads: 1
+    resources:
+        gpu=lambda wildcards: _uses_gpu(wildcards.model),
+    shell:
+        "{PYTHON} -m spo spm-latents --config {RESOLVED_CONFIG} --pairs {input.pairs}"
+        " --model {wildcards.model} {params.resolution} --models-root {MODELS_ROOT}"
+        " --threads {threads} --out {output} > {log} 2>&1"
+
+
+# Checkpoints (results/spm/<run>/checkpoints) are not outputs: Snakemake keeps them when a job
+# fails or is killed, and the rerun resumes from the newest one.
+rule train_spm:
+    input:
+        unpack(train_spm_inputs),
+    output:
+        model=directory(f"{MODELS_ROOT}/spm/{{run}}"),
+        validation="results/spm/{run}/validation.csv",
+    params:
+        fingerprint=spm_run_fingerprint,
+        latents=train_spm_latent_args,
+        checkpoints=lambda wildcards: f"results/spm/{wildcards.run}/checkpoints",
+    log:
+        "results/logs/train_spm/{run}.log",
+    benchmark:
+        "results/benchmarks/train_spm/{run}.tsv"
+    threads: 1
+    resources:
+        gpu=lambda wildcards: _uses_gpu(_spm_run(wildcards.run)["model"]),
+    shell:
+        "{PYTHON} -m spo train-spm --config {RESOLVED_CONFIG} --run {wildcards.run}"
+        " --pairs {input.pairs} --val-pairs {input.val_pairs} {params.latents}"
+        " --validation-csv {output.validation} --checkpoints {params.checkpoints}"
+        " --models-root {MODELS_ROOT} --threads {threads} --out {output.model} > {log} 2>&1"

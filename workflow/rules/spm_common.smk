@@ -1,0 +1,86 @@
+# Input functions and targets of workflow/rules/spm.smk (kept apart: snakemake --lint wants
+# rules and functions in separate files). No ML logic here.
+
+
+def _spm():
+    return CONFIG.get("spm") or {"datasets": {}, "runs": {}, "pickscore": {}}
+
+
+def _spm_run(run):
+    return _spm()["runs"][run]
+
+
+def _spm_dataset_is_tiny(dataset):
+    return "tiny" in _spm()["datasets"][dataset]
+
+
+def spm_files():
+    return [
+        out
+        for run in _spm()["runs"]
+        for out in (f"{MODELS_ROOT}/spm/{run}", f"results/spm/{run}/validation.csv")
+    ]
+
+
+def _uses_gpu(model):
+    return 0 if "tiny" in CONFIG["models"][model]["source"] else 1
+
+
+def spm_pairs_inputs(wildcards):
+    spec = _spm()["datasets"][wildcards.dataset]
+    if "tiny" in spec:
+        return {
+            "model": f"{MODELS_ROOT}/pipelines/{spec['tiny']['model']}",
+            "prompts": spec["tiny"]["prompts"],
+        }
+    source = spec[wildcards.split]
+    return {"parquet": source["path"]} if "path" in source else {}
+
+
+def spm_latents_inputs(wildcards):
+    out = {"pairs": f"results/spm/pairs/{wildcards.dataset}/{wildcards.split}"}
+    if "tiny" in CONFIG["models"][wildcards.model]["source"]:
+        out["model"] = f"{MODELS_ROOT}/pipelines/{wildcards.model}"
+    return out
+
+
+def train_spm_inputs(wildcards):
+    run = _spm_run(wildcards.run)
+    data, model = run["data"], run["model"]
+    out = {
+        "pairs": f"results/spm/pairs/{data}/train",
+        "val_pairs": f"results/spm/pairs/{data}/validation",
+    }
+    # Tiny pairs carry the generation's own latents; real pairs use the cached VAE latents.
+    if not _spm_dataset_is_tiny(data):
+        out["latents"] = f"results/spm/latents/{data}/train/{model}"
+        out["val_latents"] = f"results/spm/latents/{data}/validation/{model}"
+    if "tiny" in CONFIG["models"][model]["source"]:
+        out["model"] = f"{MODELS_ROOT}/pipelines/{model}"
+    if "tiny" in _spm()["pickscore"]["model"]:
+        out["pickscore"] = f"{MODELS_ROOT}/spm-init/pickscore"
+    return out
+
+
+def train_spm_latent_args(wildcards, input):
+    if "latents" not in input.keys():
+        return ""
+    return f"--latents {input.latents} --val-latents {input.val_latents}"
+
+
+def spm_latent_resolution(wildcards):
+    runs = [r for r in _spm()["runs"].values() if r["data"] == wildcards.dataset and r["model"] == wildcards.model]
+    res = runs[0].get("resolution") if runs else None
+    return f"--resolution {res}" if res else ""
+
+
+def spm_run_fingerprint(wildcards):
+    run = _spm_run(wildcards.run)
+    return stable_hash([run, CONFIG["models"][run["model"]], _spm()["datasets"][run["data"]],
+                        _spm()["pickscore"], CONFIG["seed"], CONFIG["generation"]])
+
+
+def spm_data_fingerprint(wildcards):
+    return stable_hash([_spm()["datasets"][wildcards.dataset], CONFIG["seed"], CONFIG["generation"]])
+
+
