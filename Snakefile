@@ -8,10 +8,14 @@ min_version("9.0")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/resources.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/spm_common.smk"
+include: "workflow/rules/spm.smk"
 
 
 # Shards and scores are targets too, not only the tables: Snakemake (since 7.7) does not rebuild a
@@ -22,4 +26,5 @@ rule all:
         table_files(),
         score_files(),
         all_shard_dirs(),
+        spm_files(),
     default_target: True

@@ -5,7 +5,11 @@ Stages (each a thin wrapper over a library function, so tests call the functions
     tiny-model   build a tiny random-init pipeline (``--model``) or scorer (``--metric``)
     generate     one shard of one prompt set through one method
     score        one metric over generation shards
+    train        train a method's LoRA with SPO / MSPO
     tables       summary tables from score files
+    spm-pairs    preference pairs for the SPM (tiny: generated; paper: Pick-a-Pic)
+    spm-latents  cache the VAE latents of a pairs folder
+    train-spm    train a step-aware preference model; writes the validation CSV
 """
 
 from __future__ import annotations
@@ -35,20 +39,51 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--model", help="a key of `models` whose source is tiny")
     group.add_argument("--metric", help="a key of `metrics` whose weights are tiny")
+    group.add_argument("--spm-pickscore", action="store_true",
+                       help="the tiny PickScore that `spm.pickscore` names (SPM initialisation)")
 
     p = stage("generate", "generate one shard of a prompt set with one method")
     p.add_argument("--method", required=True)
     p.add_argument("--prompt-set", required=True)
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--models-root", default="results/models")
+    p.add_argument("--train-root", default="results/train", help="trained methods' LoRA folders")
 
-    p = stage("score", "score generation shards with one metric")
-    p.add_argument("--metric", required=True)
+    p = stage("fetch-prompts", "download a `url` prompt set and verify its sha256")
+    p.add_argument("--prompt-set", required=True)
+
+    p = stage("train", "train a method's LoRA with SPO / MSPO (its `train` block)")
+    p.add_argument("--method", required=True)
+    p.add_argument("--checkpoints", required=True, help="folder of resumable checkpoints")
+    p.add_argument("--models-root", default="results/models")
+
+    p = stage("score", "score generation shards with one or more metrics")
+    p.add_argument("--metric", nargs="+", required=True, help="metric names (one output file)")
     p.add_argument("--shards", nargs="+", required=True, help="generation shard folders")
     p.add_argument("--models-root", default="results/models")
 
     p = stage("tables", "summary tables with bootstrap CIs")
     p.add_argument("--scores", nargs="+", required=True, help="score Parquet files")
+    p = stage("spm-pairs", "preference pairs of one spm dataset split (Parquet folder)")
+    p.add_argument("--dataset", required=True, help="a key of spm.datasets")
+    p.add_argument("--split", required=True, choices=["train", "validation"])
+    p.add_argument("--models-root", default="results/models")
+
+    p = stage("spm-latents", "cache the VAE latents of a pairs folder for one base model")
+    p.add_argument("--pairs", required=True, help="a pairs folder (spm-pairs output)")
+    p.add_argument("--model", required=True, help="a key of `models` (its VAE encodes)")
+    p.add_argument("--resolution", type=int, default=None, help="image side before encoding")
+    p.add_argument("--models-root", default="results/models")
+
+    p = stage("train-spm", "train one step-aware preference model (spm.runs.<run>)")
+    p.add_argument("--run", required=True, help="a key of spm.runs")
+    p.add_argument("--pairs", required=True, help="training pairs folder")
+    p.add_argument("--val-pairs", required=True, help="validation pairs folder")
+    p.add_argument("--latents", default=None, help="cached latents of the training pairs")
+    p.add_argument("--val-latents", default=None, help="cached latents of the validation pairs")
+    p.add_argument("--validation-csv", required=True, help="accuracy against t, written here")
+    p.add_argument("--checkpoints", required=True, help="resumable checkpoints (kept on failure)")
+    p.add_argument("--models-root", default="results/models")
     return parser
 
 
@@ -71,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _tiny_model(config, args) -> int:
+    if getattr(args, "spm_pickscore", False):
+        from spo.spm.stage import save_tiny_pickscore
+
+        return save_tiny_pickscore(config, args.out)
     if args.model:
         from spo.models.tiny import save_tiny_pipeline
 
@@ -93,7 +132,25 @@ def _generate(config, args) -> int:
     from spo.generate import generate_shard
 
     generate_shard(config, args.method, args.prompt_set, args.shard, args.out,
-                   models_root=args.models_root)
+                   models_root=args.models_root, train_root=args.train_root)
+    return 0
+
+
+def _fetch_prompts(config, args) -> int:
+    from spo.prompts import fetch_prompt_file
+
+    source = config["prompt_sets"][args.prompt_set]["source"]
+    if "url" not in source:
+        raise SystemExit(f"error: prompt_sets.{args.prompt_set} has no `url` source")
+    fetch_prompt_file(source["url"]["url"], source["url"]["sha256"], args.out)
+    return 0
+
+
+def _train(config, args) -> int:
+    from spo.training.stage import train_method
+
+    train_method(config, args.method, args.out, checkpoint_dir=args.checkpoints,
+                 models_root=args.models_root)
     return 0
 
 
@@ -111,7 +168,16 @@ def _tables(config, args) -> int:
     return 0
 
 
-_STAGES = {"tiny-model": _tiny_model, "generate": _generate, "score": _score, "tables": _tables}
+def _spm(config, args) -> int:
+    from spo.spm.stage import run_stage
+
+    return run_stage(config, args)
+
+
+_STAGES = {"tiny-model": _tiny_model, "generate": _generate, "fetch-prompts": _fetch_prompts,
+           "train": _train, "score": _score,
+           "tables": _tables,
+           "spm-pairs": _spm, "spm-latents": _spm, "train-spm": _spm}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -74,6 +74,41 @@ def resolve_extends(config: dict[str, Any], root: str | Path = ".", _seen: tuple
     return deep_merge(resolve_extends(base, root, _seen + (str(path),)), config)
 
 
+def resolve_method_templates(config: dict[str, Any]) -> dict[str, Any]:
+    """Expand ``methods.<name>.like: <other>``: a copy of the other method, overridden key by key."""
+    methods = config.get("methods")
+    if not isinstance(methods, dict):
+        return config
+    resolved: dict[str, Any] = {}
+
+    def expand(name: str, chain: tuple = ()) -> dict[str, Any]:
+        if name in resolved:
+            return resolved[name]
+        spec = methods[name]
+        parent = spec.get("like") if isinstance(spec, dict) else None
+        if parent is None:
+            resolved[name] = spec
+            return spec
+        if parent not in methods:
+            raise ConfigError(f"config key 'methods.{name}.like' names '{parent}', which is not "
+                              f"under 'methods'{_suggest(parent, methods)}")
+        if parent in chain + (name,):
+            raise ConfigError(f"config key 'methods.{name}.like' makes a cycle: "
+                              f"{' -> '.join(chain + (name, parent))}")
+        base = {k: v for k, v in expand(parent, chain + (name,)).items() if k not in ("label", "paper_row")}
+        resolved[name] = deep_merge(base, {k: v for k, v in spec.items() if k != "like"})
+        return resolved[name]
+
+    config = dict(config)
+    config["methods"] = {name: expand(name) for name in methods}
+    return config
+
+
+def resolve_config(config: dict[str, Any], root: str | Path = ".") -> dict[str, Any]:
+    """``extends`` then ``like``: the config every stage and the DAG see."""
+    return resolve_method_templates(resolve_extends(config, root))
+
+
 def load_config(paths: Iterable[str | Path], root: str | Path = ".") -> dict[str, Any]:
     """Read YAML files (later ones override earlier ones), apply ``extends`` and validate."""
     merged: dict[str, Any] = {}
@@ -85,7 +120,7 @@ def load_config(paths: Iterable[str | Path], root: str | Path = ".") -> dict[str
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
         merged = deep_merge(merged, data)
-    merged = resolve_extends(merged, root)
+    merged = resolve_config(merged, root)
     validate_config(merged)
     return merged
 
@@ -153,10 +188,17 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
                        f"not under 'models'{_suggest(method['model'], models)}; defined: "
                        f"{', '.join(sorted(models))}")
     for key, pool in (("methods", methods), ("prompt_sets", sets)):
-        for item in config["evaluate"][key]:
-            if item not in pool:
-                out.append(f"config key 'evaluate.{key}' names '{item}', which is not under "
-                           f"'{key}'{_suggest(item, pool)}; defined: {', '.join(sorted(pool))}")
+        for group in evaluation_groups(config):
+            for item in group[key]:
+                if item not in pool:
+                    out.append(f"config key 'evaluate.{key}' names '{item}', which is not under "
+                               f"'{key}'{_suggest(item, pool)}; defined: {', '.join(sorted(pool))}")
+    for name, method in methods.items():
+        if method.get("baseline") is not None and method["baseline"] not in methods:
+            out.append(f"config key 'methods.{name}.baseline' names '{method['baseline']}', which is "
+                       f"not under 'methods'{_suggest(method['baseline'], methods)}")
+        if "train" in method:
+            out += _train_errors(config, name, method)
     for name, spec in sets.items():
         if "hub_parquet" in spec["source"] and "count" not in spec:
             out.append(f"config key 'prompt_sets.{name}.count' is required for a hub source: the "
@@ -170,6 +212,61 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
             out.append(f"config key 'metrics.{name}' names scorer '{scorer}', which does not exist"
                        f"{_suggest(scorer, known)}; available: {', '.join(sorted(known))}")
     return out
+
+
+def _train_errors(config: dict[str, Any], name: str, method: dict[str, Any]) -> list[str]:
+    """Check a method's ``train`` block with the trainer's own settings class, at DAG start."""
+    from spo.training.settings import TrainSettings
+
+    key = f"methods.{name}.train"
+    try:
+        settings = TrainSettings.from_config(method["train"])
+    except (ValueError, TypeError) as exc:
+        return [str(exc).replace("config key 'train.", f"config key '{key}.")
+                .replace("'train.", f"'{key}.")]
+    out = []
+    if settings.prompts not in config["prompt_sets"]:
+        out.append(f"config key '{key}.prompts' names prompt set '{settings.prompts}', which is not "
+                   f"under 'prompt_sets'{_suggest(settings.prompts, config['prompt_sets'])}")
+    if any(k in method for k in ("lora", "unet")):
+        out.append(f"config key 'methods.{name}' has both 'train' and a released 'lora'/'unet'; "
+                   f"a trained method's LoRA is the training output")
+    from spo.preference import registered_preferences
+
+    pref = settings.preference.get("name")
+    if pref not in registered_preferences():
+        out.append(f"config key '{key}.preference.name' is {pref!r}{_suggest(str(pref), registered_preferences())}; "
+                   f"allowed: {', '.join(registered_preferences())}")
+    elif pref in ("spm", "spm-no-step") and "run" in settings.preference:
+        runs = (config.get("spm") or {}).get("runs", {})
+        if settings.preference["run"] not in runs:
+            out.append(f"config key '{key}.preference.run' names SPM run '{settings.preference['run']}', "
+                       f"which is not under 'spm.runs'{_suggest(settings.preference['run'], runs)}")
+    return out
+
+
+def evaluation_groups(config: dict[str, Any]) -> list[dict[str, list[str]]]:
+    """``evaluate`` as a list of {methods, prompt_sets} groups (one mapping is one group)."""
+    groups = config["evaluate"]
+    return [groups] if isinstance(groups, dict) else list(groups)
+
+
+def evaluated_pairs(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every (method, prompt set) the DAG generates and scores, in config order, no repeats."""
+    seen: dict[tuple[str, str], None] = {}
+    for group in evaluation_groups(config):
+        for method in group["methods"]:
+            for prompt_set in group["prompt_sets"]:
+                seen[(method, prompt_set)] = None
+    return list(seen)
+
+
+def evaluated_prompt_sets(config: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(p for _, p in evaluated_pairs(config)))
+
+
+def evaluated_methods(config: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(m for m, _ in evaluated_pairs(config)))
 
 
 def images_per_prompt(config: dict[str, Any], prompt_set: str) -> int:

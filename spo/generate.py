@@ -64,7 +64,8 @@ def pick_device(dtype: str) -> str:
 
 def generate_shard(config: dict[str, Any], method: str, prompt_set: str, shard: int,
                    out_dir: str | Path, *, models_root: str | Path, root: str | Path = ".",
-                   device: str | None = None, progress: bool = True) -> pd.DataFrame:
+                   train_root: str | Path = "results/train", device: str | None = None,
+                   progress: bool = True) -> pd.DataFrame:
     """Generate every image of one shard and write it to ``out_dir`` atomically.
 
     Returns the manifest (one row per image).
@@ -72,6 +73,7 @@ def generate_shard(config: dict[str, Any], method: str, prompt_set: str, shard: 
     import torch
     from tqdm import tqdm
 
+    from spo.models.backbone import default_resolution
     from spo.models.pipelines import load_method_pipeline
 
     settings = generation_settings(config, method, prompt_set)
@@ -79,9 +81,9 @@ def generate_shard(config: dict[str, Any], method: str, prompt_set: str, shard: 
     prompts = shard_slice(load_prompt_set(config["prompt_sets"][prompt_set], root), shard,
                           settings["shard_size"])
     device = device or pick_device(settings["dtype"])
-    pipe = load_method_pipeline(config, method, models_root=models_root, dtype=settings["dtype"],
-                                device=device)
-    side = settings["resolution"] or pipe.default_sample_size * pipe.vae_scale_factor
+    pipe = load_method_pipeline(config, method, models_root=models_root, train_root=train_root,
+                                dtype=settings["dtype"], device=device)
+    side = settings["resolution"] or default_resolution(pipe)
     jobs = [(row.prompt_id, row.prompt, i) for row in prompts.itertuples()
             for i in range(settings["images_per_prompt"])]
     batch = settings["batch_size"]

@@ -56,11 +56,64 @@ def validate_prompts(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def read_prompt_json(path: str | Path, sha256: str | None = None) -> pd.DataFrame:
+    """Read a JSON list of ``{"caption": ..., "trainset_idx": ...}`` (SPO's 4k training prompts).
+
+    Prompt ids are ``trainset_idx`` when present (the row in Pick-a-Pic v1's train split), else the
+    position. With ``sha256`` the file's checksum is verified first.
+    """
+    import json
+
+    from spo.io import sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise PromptError(f"prompt file '{path}' does not exist; fix `prompt_sets.<name>.source`")
+    if sha256 and sha256_file(path) != sha256:
+        raise PromptError(f"checksum mismatch for '{path}': expected sha256 {sha256}, found "
+                          f"{sha256_file(path)}; delete it and fetch it again")
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "caption" in r for r in rows):
+        raise PromptError(f"prompt file '{path}' must be a JSON list of objects with a 'caption'")
+    ids = [str(r.get("trainset_idx", i)) for i, r in enumerate(rows)]
+    return validate_prompts(pd.DataFrame({"prompt_id": ids, "prompt": [r["caption"] for r in rows]}),
+                            str(path))
+
+
+def fetched_prompt_file(source: dict[str, Any], root: str | Path = ".") -> Path:
+    """Where the DAG stores a ``url`` prompt source: named by its checksum, never overwritten."""
+    return Path(root) / "results" / "prompts" / f"{source['url']['sha256'][:16]}.json"
+
+
+def fetch_prompt_file(url: str, sha256: str, out: str | Path) -> Path:
+    """Download ``url`` to ``out`` atomically, refusing it unless its sha256 matches."""
+    import hashlib
+    import urllib.request
+
+    from spo.io import atomic_path
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - config-given URL
+            blob = response.read()
+    except OSError as exc:
+        raise PromptError(f"cannot download '{url}' ({type(exc).__name__}: {exc}); download it by "
+                          f"hand to '{out}' (sha256 {sha256})") from exc
+    found = hashlib.sha256(blob).hexdigest()
+    if found != sha256:
+        raise PromptError(f"checksum mismatch for '{url}': expected sha256 {sha256}, found {found}")
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(blob)
+    return Path(out)
+
+
 def load_prompt_set(spec: dict[str, Any], root: str | Path = ".") -> pd.DataFrame:
     """Load a prompt set from its config entry (``prompt_sets.<name>``)."""
     source = spec["source"]
     if "path" in source:
-        frame = read_prompt_tsv(Path(root) / source["path"])
+        path = Path(root) / source["path"]
+        frame = read_prompt_json(path) if path.suffix == ".json" else read_prompt_tsv(path)
+    elif "url" in source:
+        frame = read_prompt_json(fetched_prompt_file(source, root), source["url"]["sha256"])
     else:
         frame = _load_hub_parquet(source["hub_parquet"])
     if "count" in spec and len(frame) != spec["count"]:

@@ -55,22 +55,31 @@ def score_manifest(scorer, manifest: pd.DataFrame, batch_size: int, metric: str)
     return out[SCORE_COLUMNS]
 
 
-def score_shards(config: dict[str, Any], metric: str, shard_dirs: Sequence[str | Path],
+def score_shards(config: dict[str, Any], metrics: str | Sequence[str], shard_dirs: Sequence[str | Path],
                  out_file: str | Path, *, models_root: str | Path, device: str | None = None) -> pd.DataFrame:
-    """Score the images of ``shard_dirs`` with ``metrics.<metric>`` and write ``out_file``."""
+    """Score the images of ``shard_dirs`` with each of ``metrics`` and write one ``out_file``.
+
+    Each scorer is built once (weights loaded once) and freed before the next one is built.
+    """
     import torch
 
     from spo.metrics import build_scorer, resolve_weights
 
-    spec = config["metrics"][metric]
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     manifest = pd.concat([read_manifest(d) for d in shard_dirs], ignore_index=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    weights = resolve_weights(spec, tiny_root=str(Path(models_root) / "metrics" / metric))
-    dtype = spec.get("dtype", "float32")
-    scorer = build_scorer(spec.get("scorer", metric), spec, device=device, dtype=dtype, weights=weights)
-    frame = score_manifest(scorer, manifest, spec.get("batch_size", 16), metric)
+    frames, records = [], {}
+    for metric in metrics:
+        spec = config["metrics"][metric]
+        weights = resolve_weights(spec, tiny_root=str(Path(models_root) / "metrics" / metric))
+        scorer = build_scorer(spec.get("scorer", metric), spec, device=device,
+                              dtype=spec.get("dtype", "float32"), weights=weights)
+        frames.append(score_manifest(scorer, manifest, spec.get("batch_size", 16), metric))
+        records[metric] = {"spec": spec, "weights": weights, "version": scorer.version}
+        del scorer
+    frame = pd.concat(frames, ignore_index=True)
     write_parquet_atomic(out_file, frame)
     write_json_atomic(Path(str(out_file) + ".provenance.json"), provenance("score", {
-        "metric": metric, "spec": spec, "weights": weights, "device": device,
-        "shards": [str(d) for d in shard_dirs], "n_images": len(frame)}))
+        "metrics": records, "device": device, "shards": [str(d) for d in shard_dirs],
+        "n_images": len(manifest)}))
     return frame

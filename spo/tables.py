@@ -11,11 +11,13 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from spo.config import evaluated_methods, evaluated_prompt_sets
 from spo.io import write_text_atomic
-from spo.stats import bootstrap_mean_ci
+from spo.stats import bootstrap_mean_ci, paired_bootstrap_diff_ci
 
 SUMMARY_COLUMNS = ["prompt_set", "method", "metric", "metric_version", "mean", "std", "n_images",
                    "n_prompts", "ci_low", "ci_high", "confidence"]
+DELTA_COLUMNS = ["baseline", "delta", "delta_ci_low", "delta_ci_high", "n_paired_prompts"]
 
 
 def summarise(scores: pd.DataFrame, *, samples: int, confidence: float, seed: int) -> pd.DataFrame:
@@ -31,6 +33,30 @@ def summarise(scores: pd.DataFrame, *, samples: int, confidence: float, seed: in
                      "n_images": len(group), "n_prompts": len(per_prompt), "ci_low": low,
                      "ci_high": high, "confidence": confidence})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def baseline_deltas(scores: pd.DataFrame, baselines: dict[str, str], *, samples: int,
+                    confidence: float, seed: int) -> pd.DataFrame:
+    """Paired difference of each method to its baseline, per prompt set and metric.
+
+    Pairs are matched prompts (per-prompt mean over images; both methods use the same seeds), and
+    the CI is a paired bootstrap over prompts, so shared prompt difficulty cancels out.
+    Returns rows with ``prompt_set, method, metric`` plus ``DELTA_COLUMNS``.
+    """
+    per_prompt = scores.groupby(["prompt_set", "method", "metric", "prompt_id"])["score"].mean()
+    rows = []
+    for (prompt_set, method, metric), _ in scores.groupby(["prompt_set", "method", "metric"]):
+        base = baselines.get(method)
+        if base is None or (prompt_set, base, metric) not in per_prompt.index.droplevel(3):
+            continue
+        mine, theirs = per_prompt[(prompt_set, method, metric)], per_prompt[(prompt_set, base, metric)]
+        common = mine.index.intersection(theirs.index)
+        diff, low, high = paired_bootstrap_diff_ci(mine[common].to_numpy(), theirs[common].to_numpy(),
+                                                   samples=samples, confidence=confidence, seed=seed)
+        rows.append({"prompt_set": prompt_set, "method": method, "metric": metric, "baseline": base,
+                     "delta": diff, "delta_ci_low": low, "delta_ci_high": high,
+                     "n_paired_prompts": len(common)})
+    return pd.DataFrame(rows, columns=["prompt_set", "method", "metric", *DELTA_COLUMNS])
 
 
 def to_markdown(summary: pd.DataFrame, title: str, method_order: Sequence[str] = ()) -> str:
@@ -50,6 +76,18 @@ def to_markdown(summary: pd.DataFrame, title: str, method_order: Sequence[str] =
              "|---|---|" + "---|" * len(wide.columns)]
     for method, row in wide.iterrows():
         lines.append(f"| {method} | {n[method]} | " + " | ".join(row.fillna("-")) + " |")
+    if "delta" in summary and summary["delta"].notna().any():
+        deltas = summary.dropna(subset=["delta"]).copy()
+        deltas["cell"] = [f"{d:+.4g} [{lo:+.4g}, {hi:+.4g}]" for d, lo, hi in
+                          zip(deltas["delta"], deltas["delta_ci_low"], deltas["delta_ci_high"])]
+        wide = deltas.pivot(index="method", columns="column", values="cell")
+        base = deltas.groupby("method")["baseline"].first()
+        lines += ["", f"Paired difference to the method's baseline (same prompts and seeds), "
+                      f"{conf:.0%} bootstrap CI over prompts:", "",
+                  "| method | baseline | " + " | ".join(wide.columns) + " |",
+                  "|---|---|" + "---|" * len(wide.columns)]
+        for method, row in wide.loc[[m for m in order if m in wide.index]].iterrows():
+            lines.append(f"| {method} | {base[method]} | " + " | ".join(row.fillna("-")) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -60,8 +98,12 @@ def build_tables(config: dict[str, Any], score_files: Sequence[str | Path],
     opts = config["tables"]
     summary = summarise(scores, samples=opts["bootstrap_samples"], confidence=opts["confidence"],
                         seed=opts["seed"])
+    baselines = {m: spec["baseline"] for m, spec in config["methods"].items() if spec.get("baseline")}
+    deltas = baseline_deltas(scores, baselines, samples=opts["bootstrap_samples"],
+                             confidence=opts["confidence"], seed=opts["seed"])
+    summary = summary.merge(deltas, on=["prompt_set", "method", "metric"], how="left")
     out = {}
-    for prompt_set in config["evaluate"]["prompt_sets"]:
+    for prompt_set in evaluated_prompt_sets(config):
         part = summary[summary["prompt_set"] == prompt_set]
         if part.empty:
             raise ValueError(f"no scores for prompt set '{prompt_set}'; the score files given were "
@@ -71,6 +113,6 @@ def build_tables(config: dict[str, Any], score_files: Sequence[str | Path],
         label = config["prompt_sets"][prompt_set].get("label", prompt_set)
         write_text_atomic(Path(out_dir) / f"{prompt_set}.md",
                           to_markdown(part, f"{label} ({config['profile']} profile)",
-                                      config["evaluate"]["methods"]))
+                                      evaluated_methods(config)))
         out[prompt_set] = part
     return out

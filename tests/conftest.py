@@ -46,3 +46,27 @@ def tiny_config(repo_root):
     from spo.config import load_config
 
     return load_config([repo_root / "config" / "config.yaml"], root=repo_root)
+
+
+@pytest.fixture(scope="session")
+def tiny_dag_local(repo_root, tmp_path_factory):
+    """The tiny DAG run locally once per session (`snakemake --cores 2`) on a fresh copy of the
+    workflow files: ``(workdir, seconds)``. Tests that compare another way of running the DAG
+    (tests/slurm: through SLURM) against a local run share this one run."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    work = tmp_path_factory.mktemp("tiny-dag-local")
+    for name in ("Snakefile", "workflow", "config", "data"):
+        src = repo_root / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", SPO_THREADS="1", OMP_NUM_THREADS="1")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise AssertionError(f"local tiny DAG failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return work, time.perf_counter() - start

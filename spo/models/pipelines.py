@@ -31,20 +31,11 @@ def tiny_model_dir(models_root: str | Path, model_name: str) -> Path:
     return Path(models_root) / "pipelines" / model_name
 
 
-def load_method_pipeline(config: dict[str, Any], method: str, *, models_root: str | Path,
-                         dtype: str = "float32", device: str = "cpu"):
-    """Build the pipeline of ``methods.<method>`` with a DDIM scheduler, ready to sample.
-
-    Args:
-        config: the validated workflow config.
-        method: a key of ``config['methods']``.
-        models_root: folder of the DAG-built tiny models (``results/models``).
-        dtype: one of ``DTYPES``; device: a torch device string.
-    """
+def load_model_pipeline(config: dict[str, Any], model_name: str, *, models_root: str | Path,
+                        dtype: str = "float32", device: str = "cpu", unet_source: dict | None = None):
+    """The base pipeline ``models.<model_name>`` (optionally with a replacement UNet), DDIM scheduler."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-    method_cfg = config["methods"][method]
-    model_name = method_cfg["model"]
     model_cfg = config["models"][model_name]
     torch_dtype = DTYPES[dtype]
     tiny_dir = tiny_model_dir(models_root, model_name)
@@ -54,15 +45,40 @@ def load_method_pipeline(config: dict[str, Any], method: str, *, models_root: st
     if "vae" in model_cfg:
         parts["vae"] = from_pretrained(AutoencoderKL.from_pretrained, model_cfg["vae"],
                                        tiny_dir=tiny_dir / "vae", dtype=torch_dtype)
-    if "unet" in method_cfg:
-        parts["unet"] = from_pretrained(UNet2DConditionModel.from_pretrained, method_cfg["unet"],
+    if unet_source is not None:
+        parts["unet"] = from_pretrained(UNet2DConditionModel.from_pretrained, unet_source,
                                         tiny_dir=tiny_dir / "unet", dtype=torch_dtype)
     pipe = from_pretrained(pipeline_class(model_cfg["family"]).from_pretrained, model_cfg["source"],
                            tiny_dir=tiny_dir, dtype=torch_dtype, **parts)
-    if "lora" in method_cfg:
-        _load_lora(pipe, method_cfg["lora"], method)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def load_method_pipeline(config: dict[str, Any], method: str, *, models_root: str | Path,
+                         train_root: str | Path = "results/train", dtype: str = "float32",
+                         device: str = "cpu"):
+    """Build the pipeline of ``methods.<method>`` with a DDIM scheduler, ready to sample.
+
+    Args:
+        config: the validated workflow config.
+        method: a key of ``config['methods']``.
+        models_root: folder of the DAG-built tiny models (``results/models``).
+        train_root: folder of trained methods' outputs (``results/train/<method>`` holds the LoRA).
+        dtype: one of ``DTYPES``; device: a torch device string.
+    """
+    method_cfg = config["methods"][method]
+    pipe = load_model_pipeline(config, method_cfg["model"], models_root=models_root, dtype=dtype,
+                               device="cpu", unet_source=method_cfg.get("unet"))
+    if "lora" in method_cfg:
+        _load_lora(pipe, method_cfg["lora"], method)
+    elif "train" in method_cfg:
+        trained = Path(train_root) / method
+        if not (trained / "pytorch_lora_weights.safetensors").is_file():
+            raise FileNotFoundError(f"method '{method}' is trained but '{trained}' holds no "
+                                    f"pytorch_lora_weights.safetensors; run its training first "
+                                    f"(snakemake {trained})")
+        _load_lora(pipe, {"path": str(trained)}, method)
     return pipe.to(device)
 
 

@@ -9,14 +9,14 @@ ends with the weights of an uninterrupted run.
 
 Outputs: the SPM folder (``spo.preference.spm_io``) and a validation CSV with one row per
 (stage, t): pairwise accuracy on held-out pairs, beside the ceiling (colourfulness of the decoded x̂0
-itself, for pairs labelled by colourfulness). Checkpoints live in ``<ckpt_dir>/step-XXXXXXX.pt``.
+itself, for pairs labelled by colourfulness). Checkpoints live in ``<ckpt_dir>/step-<N>/`` (``spo.checkpoint``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from spo.checkpoint import (PREEMPTED_EXIT_CODE, install_signal_handlers, latest_checkpoint,
+                            received_signal, should_checkpoint_and_exit)
 from spo.spm.objective import (batch_indices, learning_rate, pair_loss, pairwise_accuracy,
                                pseudo_labels, step_generator)
 
@@ -50,37 +52,20 @@ def check_run_spec(run: str, spec: dict[str, Any]) -> None:
         bad("warmup_steps", f"must be below steps ({spec['steps']}) for warmup_decay")
 
 
-class _StopFlag:
-    """SIGTERM / SIGUSR1 (Slurm's pre-emption warning) ask for a checkpoint and a clean exit."""
+def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer) -> Path:
+    """Atomically write ``<ckpt_dir>/step-<N>/state.pt`` (model, optimiser, step) through
+    ``spo.checkpoint`` (verified manifest; the newest two are kept)."""
+    from spo.checkpoint import save_checkpoint as save_verified
 
-    def __init__(self):
-        self.raised = None
-        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                try:
-                    signal.signal(sig, self._handle)
-                except ValueError:  # not the main thread (e.g. under some test runners)
-                    pass
+    def write(folder: Path) -> None:
+        torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                   folder / "state.pt")
 
-    def _handle(self, signum, frame):
-        self.raised = signum
+    return save_verified(ckpt_dir, step, write)
 
 
-def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = sorted(ckpt_dir.glob("step-*.pt"))
-    return done[-1] if done else None
-
-
-def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, keep: int = 2) -> Path:
-    """Atomically write ``step-XXXXXXX.pt`` (model, optimiser, step); keep the newest ``keep``."""
-    from spo.io import atomic_path
-
-    path = ckpt_dir / f"step-{step:07d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
-    for old in sorted(ckpt_dir.glob("step-*.pt"))[:-keep]:
-        old.unlink()
-    return path
+def _load_state(folder: Path) -> dict:
+    return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
 
 
 class PairTensors:
@@ -199,16 +184,18 @@ def train_loop(scorer, backbone, train: PairTensors, spec: dict[str, Any], ckpt_
                             betas=tuple(spec.get("betas", (0.9, 0.999))), eps=1e-8)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     start, resumed = 0, None
-    latest = _latest_checkpoint(ckpt_dir)
-    if latest is not None:
-        state = torch.load(latest, map_location="cpu", weights_only=True)
+    found = latest_checkpoint(ckpt_dir, load=_load_state)
+    if found is not None:
+        latest, state = found.path, found.state
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = resumed = int(state["step"])
         log.info("resumed from %s (step %d)", latest, start)
     model.train()
     prepared, opt = accel.prepare(model, opt)
-    stop, began = _StopFlag(), time.perf_counter()
+    if threading.current_thread() is threading.main_thread():
+        install_signal_handlers()  # SLURM's SIGUSR1 / SIGTERM: checkpoint at the next step
+    began = time.perf_counter()
     total, bsz, every = spec["steps"], spec["batch_size"], spec.get("checkpoint_every", 0)
     thr = (spec.get("pickscore_labels") or {}).get("threshold")
     shard = slice(accel.process_index, None, accel.num_processes)
@@ -244,12 +231,14 @@ def train_loop(scorer, backbone, train: PairTensors, spec: dict[str, Any], ckpt_
         step += 1
         if step % 25 == 0 or step == total:
             log.info("step %d/%d loss %.4f (%.1f s)", step, total, loss.item(), time.perf_counter() - began)
-        if (every and step % every == 0) or stop.raised:
+        preempted = should_checkpoint_and_exit()
+        if (every and step % every == 0) or preempted:
             if accel.is_main_process:
                 save_checkpoint(ckpt_dir, step, accel.unwrap_model(prepared), opt)
-        if stop.raised:
-            raise SystemExit(f"spm run '{run}': signal {stop.raised} at step {step}; checkpoint "
-                             f"saved in '{ckpt_dir}', rerun to resume")
+        if preempted:
+            log.warning("spm run '%s': signal %s at step %d; checkpoint saved in '%s', rerun to "
+                        "resume", run, received_signal(), step, ckpt_dir)
+            raise SystemExit(PREEMPTED_EXIT_CODE)
         if stop_after is not None and step - start >= stop_after:
             break
     return {"step": step, "resumed_from": resumed, "seconds": time.perf_counter() - began}

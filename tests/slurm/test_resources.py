@@ -50,12 +50,16 @@ def test_tiny_profile_asks_for_no_gpu(checkout):
 def test_paper_profile_through_the_slurm_profile_shows_every_gpu_job(checkout):
     jobs = dry_run(checkout, "--profile", "profiles/slurm", "--configfile", "config/paper.yaml")
     generate = jobs["generate"]
-    assert len(generate) == 2 * (10 + 1 + 1)  # 2 models x (10 Pick-a-Pic shards + 2 figures)
+    # 4 methods (2 base models, SPO, MSPO) x (10 Pick-a-Pic shards + 2 figure prompt sets)
+    assert len(generate) == 4 * (10 + 1 + 1)
     for r in generate:
         assert (r["gpu"], r["mem_mb"], r["runtime"], r["cpus_per_task"]) == ("1", "32000", "120", "4")
         assert r["slurm_partition"] == "CHANGE-ME-partition"  # the profile's placeholder
     # A metric that loads a network scores on a GPU; colourfulness loads none and stays on CPU.
     assert {r["gpu"] for r in jobs["score"]} == {"0", "1"}
+    # Training jobs hold a node's 4 GPUs (the paper's 4 x A100), SPM and SPO alike.
+    for rule in ("train", "train_spm"):
+        assert jobs[rule] and {r["gpu"] for r in jobs[rule]} == {"4"}, rule
 
 
 def test_config_resources_override_one_number(checkout, tmp_path):

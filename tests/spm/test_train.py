@@ -52,7 +52,7 @@ def test_nan_loss_stops_with_a_checkpoint(spm_world, spm_config, tmp_path, monke
     monkeypatch.setattr(train_mod, "pair_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(train_mod.SPMTrainingError, match=r"loss is nan at step 0.*spm.runs.tiny-sd15-spm.lr"):
         _train(spm_config, spm_world, tmp_path, "nan")
-    assert (tmp_path / "nan/ckpt/step-0000000.pt").exists()
+    assert (tmp_path / "nan/ckpt/step-00000000/state.pt").exists()
 
 
 @pytest.mark.parametrize("key, value, match", [

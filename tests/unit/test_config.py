@@ -1,13 +1,14 @@
 import pytest
 import yaml
 
-from spo.config import ConfigError, deep_merge, load_config, resolve_extends, validate_config
+from spo.config import (ConfigError, deep_merge, evaluated_pairs, load_config, resolve_extends,
+                        validate_config)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "released.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "released.yaml", "ablations.yaml"])
 def test_shipped_configs_validate(repo_root, name):
     config = load_config([repo_root / "config" / name], root=repo_root)
-    assert config["evaluate"]["methods"]
+    assert evaluated_pairs(config)
 
 
 def test_paper_profile_protocol(repo_root):
@@ -51,7 +52,7 @@ def test_source_must_be_exactly_one_kind(tiny_config):
 
 def test_cross_references_are_checked(tiny_config):
     tiny_config["methods"]["tiny-sd15-base"]["model"] = "tiny-sd16"
-    tiny_config["evaluate"]["prompt_sets"].append("nope")
+    tiny_config["evaluate"][0]["prompt_sets"].append("nope")
     tiny_config["metrics"]["pickscorr"] = {}
     with pytest.raises(ConfigError) as err:
         validate_config(tiny_config)
@@ -90,3 +91,46 @@ def test_extends_and_default(tmp_path, repo_root):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config([tmp_path / "nope.yaml"])
+
+
+def test_paper_spo_recipes(repo_root):
+    config = load_config([repo_root / "config" / "paper.yaml"], root=repo_root)
+    spo, mspo = config["methods"]["sd15-spo"]["train"], config["methods"]["sdxl-mspo"]["train"]
+    assert (spo["k"], spo["timestep_range"], spo["threshold"], spo["beta"], spo["clamp_eps"],
+            spo["lora_rank"], spo["lr"], spo["prompts_per_round"], spo["epochs"]) == \
+        (4, [0, 750], 0.3, 10.0, 0.1, 4, 6e-5, 10, 10)
+    assert (mspo["k"], mspo["inner_steps"], mspo["threshold"], mspo["lora_rank"], mspo["lr"],
+            mspo["train_batch_size"], mspo["grad_accum"]) == (2, 4, 0.4, 64, 1e-5, 2, 2)
+
+
+def test_ablation_variants_are_small_diffs(repo_root):
+    config = load_config([repo_root / "config" / "ablations.yaml"], root=repo_root)
+    methods = config["methods"]
+    base = methods["sd15-spo"]["train"]
+    for name, diff in [("sd15-spo-k2", {"k": 2}), ("sd15-spo-t250-500", {"timestep_range": [250, 500]}),
+                       ("sd15-spo-next-lose", {"next_init": "lose"}),
+                       ("sd15-spo-random-pair", {"pair_mode": "random"})]:
+        assert methods[name]["train"] == {**base, **diff}, name
+        assert methods[name]["model"] == "sd15" and methods[name]["baseline"] == "sd15-base"
+    assert {methods[f"sdxl-mspo-j{j}"]["train"]["inner_steps"] for j in (1, 2, 3, 5, 6)} == {1, 2, 3, 5, 6}
+
+
+def test_bad_train_block_is_named_at_dag_start(tiny_config):
+    tiny_config["methods"]["tiny-sd15-spo"]["train"]["k"] = 1
+    tiny_config["methods"]["tiny-sd15-spo-random"]["train"]["prompts"] = "tiny-trian"
+    tiny_config["methods"]["tiny-sd15-spo-negated"]["train"]["preference"] = {"name": "spn"}
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_config)
+    msg = str(err.value)
+    assert "methods.tiny-sd15-spo.train.k" in msg
+    assert "methods.tiny-sd15-spo-random.train.prompts" in msg and "did you mean 'tiny-train'" in msg
+    assert "methods.tiny-sd15-spo-negated.train.preference.name" in msg
+
+
+def test_like_cycles_and_unknown_parents(repo_root):
+    from spo.config import resolve_method_templates
+
+    with pytest.raises(ConfigError, match="cycle"):
+        resolve_method_templates({"methods": {"a": {"like": "b"}, "b": {"like": "a"}}})
+    with pytest.raises(ConfigError, match="methods.a.like"):
+        resolve_method_templates({"methods": {"a": {"like": "zz"}}})

@@ -61,3 +61,36 @@ def test_tiny_train_and_eval_prompts_are_disjoint(repo_root):
     train = read_prompt_tsv(repo_root / "data/prompts/tiny_train.tsv")
     evaluation = read_prompt_tsv(repo_root / "data/prompts/tiny_eval.tsv")
     assert not set(train.prompt) & set(evaluation.prompt)
+
+
+SHARED_4K = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data" / "4k_training_prompts.json"
+SHA_4K = "804018fcb30bc9bed28a2a0518855bffd386675a3c5138f96b925071cbae6fc4"
+
+
+@pytest.mark.skipif(not SHARED_4K.is_file(), reason="../shared/data is not beside this checkout")
+def test_spo_4k_prompts_load_and_verify(tmp_path):
+    from spo.prompts import fetch_prompt_file, read_prompt_json
+
+    frame = read_prompt_json(SHARED_4K, SHA_4K)
+    assert len(frame) == 4000 and frame.prompt_id.is_unique
+    # The DAG's fetch: a file:// URL stands in for the pinned GitHub URL (no network here).
+    out = fetch_prompt_file(SHARED_4K.as_uri(), SHA_4K, tmp_path / "p.json")
+    assert out.read_bytes() == SHARED_4K.read_bytes()
+    with pytest.raises(PromptError, match="checksum mismatch"):
+        fetch_prompt_file(SHARED_4K.as_uri(), "0" * 64, tmp_path / "q.json")
+    assert not (tmp_path / "q.json").exists()
+
+
+def test_prompt_json_checks(tmp_path):
+    from spo.prompts import read_prompt_json
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"text": "x"}]')
+    with pytest.raises(PromptError, match="caption"):
+        read_prompt_json(bad)
+    good = tmp_path / "good.json"
+    good.write_text('[{"caption": "a", "trainset_idx": 7}, {"caption": "b", "trainset_idx": 7}]')
+    with pytest.raises(PromptError, match="duplicate prompt ids"):
+        read_prompt_json(good)
+    with pytest.raises(PromptError, match="checksum mismatch"):
+        read_prompt_json(good, "0" * 64)

@@ -52,34 +52,69 @@ def jobs_run(proc) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def checkout(repo_root, tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("checkout")
-    for name in WORKFLOW_FILES:
-        src = repo_root / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name)
-    return work
+def checkout(tiny_dag_local) -> Path:
+    return tiny_dag_local[0]
 
 
 @pytest.fixture(scope="session")
-def tiny_run(checkout):
-    start = time.perf_counter()
-    proc = snakemake(checkout, "--cores", "2")
-    return proc, time.perf_counter() - start
+def tiny_run(tiny_dag_local):
+    return tiny_dag_local
 
 
-def test_tiny_dag_produces_every_table(tiny_run, checkout):
-    proc, seconds = tiny_run
-    config = yaml.safe_load((checkout / "config/config.yaml").read_text())
+@pytest.fixture(scope="session")
+def config(checkout):
+    from spo.config import load_config
+
+    return load_config([checkout / "config/config.yaml"], root=checkout)
+
+
+def test_tiny_dag_produces_every_table(tiny_run, checkout, config):
+    from spo.config import evaluated_pairs
+
+    _, seconds = tiny_run
     print(f"tiny DAG wall-clock: {seconds:.1f} s")
-    for prompt_set in config["evaluate"]["prompt_sets"]:
+    pairs = evaluated_pairs(config)
+    for prompt_set in {p for _, p in pairs}:
         table = pd.read_csv(checkout / f"results/tables/{prompt_set}.csv")
-        assert set(table.method) == set(config["evaluate"]["methods"])
+        assert set(table.method) == {m for m, p in pairs if p == prompt_set}
         assert set(table.metric) == set(config["metrics"])
         assert (table.ci_low <= table["mean"]).all() and (table["mean"] <= table.ci_high).all()
         assert (checkout / f"results/tables/{prompt_set}.md").read_text().startswith("# ")
     # Every rule left a log and a benchmark record.
     assert list((checkout / "results/benchmarks/generate").rglob("*.tsv"))
     assert (checkout / "results/logs/tables.log").exists()
+
+
+def _delta(checkout, method, metric="colorfulness", prompt_set="tiny-eval"):
+    table = pd.read_csv(checkout / f"results/tables/{prompt_set}.csv")
+    row = table[(table.method == method) & (table.metric == metric)].iloc[0]
+    return row.delta, row.delta_ci_low, row.delta_ci_high
+
+
+@pytest.mark.parametrize("family, trained", [("sd15", "spo"), ("sdxl", "mspo")])
+def test_spo_moves_the_analytic_preference_as_its_sign_says(tiny_run, checkout, family, trained):
+    """Held-out prompts, paired with the base model: up with the preference, down with it
+    negated, and no significant move under a random preference (the null control)."""
+    up = _delta(checkout, f"tiny-{family}-{trained}-colorfulness")
+    down = _delta(checkout, f"tiny-{family}-{trained}-negated")
+    null = _delta(checkout, f"tiny-{family}-{trained}-random")
+    print(f"{family} {trained}: analytic {up}, negated {down}, random {null}")
+    assert up[1] > 0, up
+    assert down[2] < 0, down
+    assert null[1] <= 0 <= null[2], null
+
+
+def test_spo_with_the_trained_tiny_spm_raises_the_analytic_preference(tiny_run, checkout):
+    delta = _delta(checkout, "tiny-sd15-spo")
+    print(f"SPO with the tiny SPM: colourfulness delta {delta}")
+    assert delta[1] > 0, delta
+
+
+def test_tiny_spm_is_accurate_at_t0(tiny_run, checkout):
+    val = pd.read_csv(checkout / "results/spm/tiny-sd15-spm/validation.csv")
+    print(val.to_string())
+    at0 = val[val.t == 0].set_index("stage").accuracy
+    assert at0["final"] >= 0.75 and at0["final"] > at0["init"] + 0.15, at0
 
 
 def test_second_run_does_nothing(tiny_run, checkout):
@@ -94,8 +129,8 @@ def test_deleted_shard_reruns_alone_and_bit_identically(tiny_run, checkout):
     proc = snakemake(checkout, "--cores", "2")
     ran = jobs_run(proc)
     rules = sorted(rule for rule, _ in ran)
-    config = yaml.safe_load((checkout / "config/config.yaml").read_text())
-    assert rules == sorted(["generate", "tables"] + ["score"] * len(config["metrics"])), ran
+    # One scoring job per shard for all metrics in the tiny profile (scoring.one_job_per_metric).
+    assert rules == ["generate", "score", "tables"], ran
     assert all("tiny-sdxl-base" in w and "figure2" in w for r, w in ran if r != "tables")
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in shard.glob("*.png")}
     assert after == before and len(after) == 8

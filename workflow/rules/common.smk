@@ -2,14 +2,14 @@
 import sys
 from pathlib import Path
 
-from spo.config import ConfigError, resolve_extends, validate_config
+from spo.config import ConfigError, evaluated_pairs, evaluated_prompt_sets, resolve_config, validate_config
 from spo.io import stable_hash, write_text_atomic
 
 import yaml
 
 # `config` holds whatever --configfile / --config gave (nothing: the embedded tiny default).
 try:
-    CONFIG = resolve_extends(config, workflow.basedir)
+    CONFIG = resolve_config(config, workflow.basedir)
     validate_config(CONFIG)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
@@ -36,8 +36,10 @@ wildcard_constraints:
     method="[A-Za-z0-9][A-Za-z0-9_.-]*",
     prompt_set="[A-Za-z0-9][A-Za-z0-9_.-]*",
     metric="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    scoring="[A-Za-z0-9][A-Za-z0-9_.-]*",
     model="[A-Za-z0-9][A-Za-z0-9_.-]*",
     shard="[0-9]+",
+    checksum="[0-9a-f]{16}",
 
 
 def n_shards(prompt_set):
@@ -56,18 +58,30 @@ def shard_dirs(method, prompt_set):
 def all_shard_dirs():
     return [
         shard
-        for method in CONFIG["evaluate"]["methods"]
-        for prompt_set in CONFIG["evaluate"]["prompt_sets"]
+        for method, prompt_set in evaluated_pairs(CONFIG)
         for shard in shard_dirs(method, prompt_set)
     ]
 
 
+ALL_METRICS = "all-metrics"
+
+
+def scoring_groups():
+    """Scoring jobs: one per metric (clusters), or one for every metric (saves CPU start-ups)."""
+    if (CONFIG.get("scoring") or {}).get("one_job_per_metric", True):
+        return {metric: [metric] for metric in CONFIG["metrics"]}
+    return {ALL_METRICS: list(CONFIG["metrics"])}
+
+
+def metric_group(name):
+    return scoring_groups()[name]
+
+
 def score_files():
     return [
-        f"results/scores/{metric}/{method}/{prompt_set}/shard-{i}.parquet"
-        for metric in CONFIG["metrics"]
-        for method in CONFIG["evaluate"]["methods"]
-        for prompt_set in CONFIG["evaluate"]["prompt_sets"]
+        f"results/scores/{group}/{method}/{prompt_set}/shard-{i}.parquet"
+        for group in scoring_groups()
+        for method, prompt_set in evaluated_pairs(CONFIG)
         for i in range(n_shards(prompt_set))
     ]
 
@@ -75,7 +89,7 @@ def score_files():
 def table_files():
     return [
         f"results/tables/{prompt_set}.{ext}"
-        for prompt_set in CONFIG["evaluate"]["prompt_sets"]
+        for prompt_set in evaluated_prompt_sets(CONFIG)
         for ext in ("csv", "md")
     ]
 
@@ -88,24 +102,82 @@ def tiny_model_inputs(wildcards):
     return {}
 
 
-def prompt_file_inputs(wildcards):
-    source = CONFIG["prompt_sets"][wildcards.prompt_set]["source"]
-    return {"prompts": source["path"]} if "path" in source else {}
+def prompt_source_inputs(prompt_set):
+    """The local file a prompt set is read from: shipped, or fetched by rule fetch_prompts."""
+    from spo.prompts import fetched_prompt_file
 
-
-def generate_inputs(wildcards):
-    return {**tiny_model_inputs(wildcards), **prompt_file_inputs(wildcards)}
-
-
-def tiny_metric_inputs(wildcards):
-    weights = CONFIG["metrics"][wildcards.metric].get("weights") or {}
-    if any("tiny" in source for source in weights.values()):
-        return {"weights": f"{MODELS_ROOT}/metrics/{wildcards.metric}"}
+    source = CONFIG["prompt_sets"][prompt_set]["source"]
+    if "path" in source:
+        return {"prompts": source["path"]}
+    if "url" in source:
+        return {"prompts": str(fetched_prompt_file(source))}
     return {}
 
 
-def tables_dir(wildcards, output):
-    return str(Path(output[0]).parent)
+def prompt_file_inputs(wildcards):
+    return prompt_source_inputs(wildcards.prompt_set)
+
+
+def fetch_prompt_set(wildcards):
+    """The prompt set whose `url` source is stored under this checksum name."""
+    for name, spec in CONFIG["prompt_sets"].items():
+        if spec["source"].get("url", {}).get("sha256", "")[:16] == wildcards.checksum:
+            return name
+    raise WorkflowError(f"no prompt set with a url source of sha256 {wildcards.checksum}...")
+
+
+def generate_inputs(wildcards):
+    inputs = {**tiny_model_inputs(wildcards), **prompt_file_inputs(wildcards)}
+    if "train" in CONFIG["methods"][wildcards.method]:
+        inputs["lora"] = f"results/train/{wildcards.method}"
+    return inputs
+
+
+def train_inputs(wildcards):
+    """What training a method reads: its base model, training prompts and preference model."""
+    train = CONFIG["methods"][wildcards.method]["train"]
+    inputs = tiny_model_inputs(wildcards)
+    inputs.update(prompt_source_inputs(train["prompts"]))
+    preference = train.get("preference") or {}
+    if preference.get("name") in ("spm", "spm-no-step") and "run" in preference:
+        inputs["preference"] = f"{MODELS_ROOT}/spm/{preference['run']}"
+    return inputs
+
+
+def train_fingerprint(wildcards):
+    method = CONFIG["methods"][wildcards.method]
+    return stable_hash([method["train"], CONFIG["models"][method["model"]], CONFIG["seed"],
+                        CONFIG["generation"]["resolution"]])
+
+
+def train_checkpoints(wildcards):
+    return f"results/checkpoints/train/{wildcards.method}"
+
+
+def train_launcher(wildcards, resources):
+    """'' for one process; accelerate's launcher with one process per GPU the job was given."""
+    gpus = int(resources.gpu)
+    if gpus <= 1:
+        return ""
+    return f"accelerate.commands.launch --multi_gpu --num_processes {gpus} -m "
+
+
+def trained_methods():
+    return [m for m, _ in evaluated_pairs(CONFIG) if "train" in CONFIG["methods"][m]]
+
+
+def tiny_metric_inputs(wildcards):
+    return {
+        "weights": [
+            f"{MODELS_ROOT}/metrics/{metric}"
+            for metric in metric_group(wildcards.scoring)
+            if any("tiny" in s for s in (CONFIG["metrics"][metric].get("weights") or {}).values())
+        ]
+    }
+
+
+def scoring_metrics(wildcards):
+    return " ".join(metric_group(wildcards.scoring))
 
 
 def generate_fingerprint(wildcards):
@@ -122,5 +194,14 @@ def metric_fingerprint(wildcards):
     return stable_hash(CONFIG["metrics"][wildcards.metric])
 
 
+def scoring_fingerprint(wildcards):
+    return stable_hash([CONFIG["metrics"][m] for m in metric_group(wildcards.scoring)])
+
+
 def tables_fingerprint(wildcards):
-    return stable_hash([CONFIG["tables"], CONFIG["evaluate"], CONFIG["profile"]])
+    return stable_hash([CONFIG["tables"], CONFIG["evaluate"], CONFIG["profile"],
+                        {m: s.get("baseline") for m, s in CONFIG["methods"].items()}])
+
+
+def tables_dir(wildcards, output):
+    return str(Path(output[0]).parent)

@@ -12,9 +12,12 @@ rule generate:
         "results/logs/generate/{method}/{prompt_set}/shard-{shard}.log",
     benchmark:
         "results/benchmarks/generate/{method}/{prompt_set}/shard-{shard}.tsv"
-    threads: 1
+    threads: job_threads("generate")
     resources:
-        gpu=0,
+        gpu=job_resource("generate", "gpu"),
+        mem_mb=job_resource("generate", "mem_mb"),
+        runtime=job_resource("generate", "runtime"),
+        cpus_per_task=job_resource("generate", "cpus_per_task"),
     shell:
         "{PYTHON} -m spo generate --config {RESOLVED_CONFIG} --method {wildcards.method}"
         " --prompt-set {wildcards.prompt_set} --shard {wildcards.shard}"

@@ -10,7 +10,12 @@ rule tiny_pipeline:
         "results/logs/tiny_pipeline/{model}.log",
     benchmark:
         "results/benchmarks/tiny_pipeline/{model}.tsv"
-    threads: 1
+    threads: job_threads("tiny_pipeline")
+    resources:
+        gpu=job_resource("tiny_pipeline", "gpu"),
+        mem_mb=job_resource("tiny_pipeline", "mem_mb"),
+        runtime=job_resource("tiny_pipeline", "runtime"),
+        cpus_per_task=job_resource("tiny_pipeline", "cpus_per_task"),
     shell:
         "{PYTHON} -m spo tiny-model --config {RESOLVED_CONFIG} --model {wildcards.model}"
         " --threads {threads} --out {output} > {log} 2>&1"
@@ -25,7 +30,12 @@ rule tiny_metric:
         "results/logs/tiny_metric/{metric}.log",
     benchmark:
         "results/benchmarks/tiny_metric/{metric}.tsv"
-    threads: 1
+    threads: job_threads("tiny_metric")
+    resources:
+        gpu=job_resource("tiny_metric", "gpu"),
+        mem_mb=job_resource("tiny_metric", "mem_mb"),
+        runtime=job_resource("tiny_metric", "runtime"),
+        cpus_per_task=job_resource("tiny_metric", "cpus_per_task"),
     shell:
         "{PYTHON} -m spo tiny-model --config {RESOLVED_CONFIG} --metric {wildcards.metric}"
         " --threads {threads} --out {output} > {log} 2>&1"

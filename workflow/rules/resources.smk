@@ -28,6 +28,13 @@ JOB_SIZES = {
     "tiny_metric": {"cpu": JobSize(0, 4000, 30, 1)},
     # Bootstrap over prompts for every (method, metric): CPU only, memory for all score tables.
     "tables": {"cpu": JobSize(0, 8000, 30, 1)},
+    # SPM training (PAPER.md §1.2, §1.6): 8 h (SD-1.5) and 29 h (SDXL) on 4 x A100.
+    "train_spm": {"gpu": JobSize(4, 128000, 36 * 60, 16), "cpu": JobSize(0, 8000, 60, 1)},
+    # VAE-encoding Pick-a-Pic's images once (a few hours on one GPU for 580k pairs at 1024 px).
+    "spm_latents": {"gpu": JobSize(1, 64000, 12 * 60, 8), "cpu": JobSize(0, 8000, 60, 1)},
+    # Pair tables: reading Parquet (real data), or generating the tiny pairs (CPU).
+    "spm_pairs": {"cpu": JobSize(0, 16000, 4 * 60, 4)},
+    "spm_tiny_pickscore": {"cpu": JobSize(0, 4000, 30, 1)},
     # SPO / MSPO LoRA training (PAPER.md §1.5-1.6): SD-1.5 took 12 h and SDXL 29.5 h on 4 x A100;
     # one job holds the node's GPUs. The tiny profile trains in minutes on one CPU core.
     "train": {"gpu": JobSize(4, 128000, 48 * 60, 16), "cpu": JobSize(0, 8000, 60, 1)},
@@ -45,6 +52,9 @@ def _job_kind(rule_name, wildcards):
         sources = [CONFIG["models"][method["model"]]["source"]]
         sources += [method[key] for key in ("unet", "lora") if key in method]
         return "cpu" if all(_is_tiny(s) for s in sources) else "gpu"
+    if rule_name in ("spm_latents", "train_spm"):
+        model = wildcards.model if rule_name == "spm_latents" else _spm_run(wildcards.run)["model"]
+        return "cpu" if _is_tiny(CONFIG["models"][model]["source"]) else "gpu"
     if rule_name == "score":
         weights = [
             source

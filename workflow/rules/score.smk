@@ -1,4 +1,6 @@
-# One job per (metric, generation shard): per-image scores in Parquet.
+# One job per (scoring group, generation shard): per-image scores in Parquet. A scoring group is one
+# metric (the default: one scorer per GPU job) or all metrics (`scoring.one_job_per_metric: false`,
+# the tiny profile: one process start-up per shard instead of one per metric and shard).
 
 
 rule score:
@@ -6,15 +8,21 @@ rule score:
         unpack(tiny_metric_inputs),
         shard="results/images/{method}/{prompt_set}/shard-{shard}",
     output:
-        "results/scores/{metric}/{method}/{prompt_set}/shard-{shard}.parquet",
+        "results/scores/{scoring}/{method}/{prompt_set}/shard-{shard}.parquet",
     params:
-        fingerprint=metric_fingerprint,
+        fingerprint=scoring_fingerprint,
+        metrics=scoring_metrics,
     log:
-        "results/logs/score/{metric}/{method}/{prompt_set}/shard-{shard}.log",
+        "results/logs/score/{scoring}/{method}/{prompt_set}/shard-{shard}.log",
     benchmark:
-        "results/benchmarks/score/{metric}/{method}/{prompt_set}/shard-{shard}.tsv"
-    threads: 1
+        "results/benchmarks/score/{scoring}/{method}/{prompt_set}/shard-{shard}.tsv"
+    threads: job_threads("score")
+    resources:
+        gpu=job_resource("score", "gpu"),
+        mem_mb=job_resource("score", "mem_mb"),
+        runtime=job_resource("score", "runtime"),
+        cpus_per_task=job_resource("score", "cpus_per_task"),
     shell:
-        "{PYTHON} -m spo score --config {RESOLVED_CONFIG} --metric {wildcards.metric}"
+        "{PYTHON} -m spo score --config {RESOLVED_CONFIG} --metric {params.metrics}"
         " --shards {input.shard} --models-root {MODELS_ROOT} --threads {threads}"
         " --out {output} > {log} 2>&1"

@@ -47,15 +47,18 @@ rule spm_latents:
     wildcard_constraints:
         split="train|validation",
     params:
-        fingerprint=lambda wildcards: stable_hash(CONFIG["models"][wildcards.model]),
+        fingerprint=model_fingerprint,
         resolution=spm_latent_resolution,
     log:
         "results/logs/spm_latents/{dataset}/{split}/{model}.log",
     benchmark:
         "results/benchmarks/spm_latents/{dataset}/{split}/{model}.tsv"
-    threads: 1
+    threads: job_threads("spm_latents")
     resources:
-        gpu=lambda wildcards: _uses_gpu(wildcards.model),
+        gpu=job_resource("spm_latents", "gpu"),
+        mem_mb=job_resource("spm_latents", "mem_mb"),
+        runtime=job_resource("spm_latents", "runtime"),
+        cpus_per_task=job_resource("spm_latents", "cpus_per_task"),
     shell:
         "{PYTHON} -m spo spm-latents --config {RESOLVED_CONFIG} --pairs {input.pairs}"
         " --model {wildcards.model} {params.resolution} --models-root {MODELS_ROOT}"
@@ -73,16 +76,20 @@ rule train_spm:
     params:
         fingerprint=spm_run_fingerprint,
         latents=train_spm_latent_args,
-        checkpoints=lambda wildcards: f"results/spm/{wildcards.run}/checkpoints",
+        checkpoints=spm_checkpoints,
+        launcher=train_launcher,
     log:
         "results/logs/train_spm/{run}.log",
     benchmark:
         "results/benchmarks/train_spm/{run}.tsv"
-    threads: 1
+    threads: job_threads("train_spm")
     resources:
-        gpu=lambda wildcards: _uses_gpu(_spm_run(wildcards.run)["model"]),
+        gpu=job_resource("train_spm", "gpu"),
+        mem_mb=job_resource("train_spm", "mem_mb"),
+        runtime=job_resource("train_spm", "runtime"),
+        cpus_per_task=job_resource("train_spm", "cpus_per_task"),
     shell:
-        "{PYTHON} -m spo train-spm --config {RESOLVED_CONFIG} --run {wildcards.run}"
+        "{PYTHON} -m {params.launcher}spo train-spm --config {RESOLVED_CONFIG} --run {wildcards.run}"
         " --pairs {input.pairs} --val-pairs {input.val_pairs} {params.latents}"
         " --validation-csv {output.validation} --checkpoints {params.checkpoints}"
         " --models-root {MODELS_ROOT} --threads {threads} --out {output.model} > {log} 2>&1"

@@ -22,10 +22,6 @@ def spm_files():
     ]
 
 
-def _uses_gpu(model):
-    return 0 if "tiny" in CONFIG["models"][model]["source"] else 1
-
-
 def spm_pairs_inputs(wildcards):
     spec = _spm()["datasets"][wildcards.dataset]
     if "tiny" in spec:
@@ -84,3 +80,7 @@ def spm_data_fingerprint(wildcards):
     return stable_hash([_spm()["datasets"][wildcards.dataset], CONFIG["seed"], CONFIG["generation"]])
 
 
+
+
+def spm_checkpoints(wildcards):
+    return f"results/spm/{wildcards.run}/checkpoints"

@@ -1,0 +1,1 @@
+"""DDIM transitions with log-probabilities, and the step-wise (SPO / MSPO) resampler."""

@@ -1,0 +1,180 @@
+"""The step-wise resampler of SPO, and its multi-step window variant MSPO.
+
+One trajectory per prompt is sampled with DDIM(eta) and CFG. Steps outside the trained timestep
+range are ordinary sampling steps. At a trained step, k candidates x_{t-1} are drawn from the same
+x_t (one batched UNet call); with MSPO (j = ``inner_steps`` > 1) each candidate is denoised j - 1 more
+single-sample steps. The candidates at the end of the window are compared by the preference model
+on their decoded x0 estimate (at that window end's timestep, or the final x0 at t = 0); the best and
+worst make a pair, kept when their probability gap exceeds the threshold, and every transition of
+the window gets that label. The trajectory continues from one candidate (uniformly random in the
+paper; the winner or loser as ablations).
+
+Ranges are given on the un-offset DDIM grid {0, 50, ..., 950} (20 steps): a step from x_t is trained
+when ``lo <= t - steps_offset <= hi``. The paper's kappa = 750 is [0, 750]: 16 trained transitions,
+t = 751 ... 1, as the official ``divert_start_step = 4``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from spo.models.backbone import Backbone, Conditioning
+from spo.preference.selection import select_pairs
+from spo.sampling.ddim import DDIMSchedule, ddim_transition, predict_x0, sample_transition
+
+NEXT_INIT = ("random", "win", "lose")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    num_inference_steps: int = 20
+    guidance_scale: float = 5.0
+    eta: float = 1.0
+    k: int = 4
+    inner_steps: int = 1
+    timestep_range: tuple[int, int] = (0, 750)
+    threshold: float = 0.3
+    pair_mode: str = "best-worst"
+    next_init: str = "random"
+
+    def __post_init__(self):
+        if self.k < 2:
+            raise ValueError(f"config key 'train.k' is {self.k}; it must be >= 2 (a pair needs two candidates)")
+        if self.inner_steps < 1:
+            raise ValueError(f"config key 'train.inner_steps' is {self.inner_steps}; it must be >= 1")
+        lo, hi = self.timestep_range
+        if not 0 <= lo <= hi:
+            raise ValueError(f"config key 'train.timestep_range' is [{lo}, {hi}]; it needs 0 <= lo <= hi")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"config key 'train.threshold' is {self.threshold}; it must be in [0, 1)")
+        if self.next_init not in NEXT_INIT:
+            raise ValueError(f"config key 'train.next_init' is {self.next_init!r}; allowed: {NEXT_INIT}")
+
+
+@dataclass
+class PairBatch:
+    """Accepted training pairs, on the CPU.
+
+    Attributes:
+        xt_w, xt_l: (M, C, h, w) the states the win / lose transitions start from (equal when shared).
+        x_w, x_l: (M, C, h, w) the win / lose next states.
+        t: (M,) long timestep of the transition's start.
+        prompt_index: (M,) long index into the round's prompts.
+        shared: (M,) bool, True when xt_w and xt_l are the same tensor (one UNet pass serves both).
+    """
+
+    xt_w: torch.Tensor
+    xt_l: torch.Tensor
+    x_w: torch.Tensor
+    x_l: torch.Tensor
+    t: torch.Tensor
+    prompt_index: torch.Tensor
+    shared: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def select(self, index: torch.Tensor) -> "PairBatch":
+        return PairBatch(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+
+    @staticmethod
+    def cat(parts: Sequence["PairBatch"]) -> "PairBatch":
+        return PairBatch(*(torch.cat([getattr(p, f) for p in parts])
+                           for f in PairBatch.__dataclass_fields__))
+
+
+def trained_steps(timesteps: torch.Tensor, steps_offset: int, timestep_range: tuple[int, int]) -> list[bool]:
+    lo, hi = timestep_range
+    return [lo <= int(t) - steps_offset <= hi for t in timesteps]
+
+
+@torch.no_grad()
+def sample_pairs(backbone: Backbone, scheduler, prompts: Sequence[str], preference,
+                 settings: SamplerSettings, generator: torch.Generator) -> tuple[PairBatch, dict]:
+    """Sample one trajectory per prompt and collect the accepted win / lose transitions.
+
+    Returns:
+        the accepted pairs, and statistics: ``pairs_total``, ``pairs_accepted``,
+        ``score_mean`` / ``score_std`` over every scored candidate, ``final_latents`` (B, C, h, w).
+    """
+    scheduler.set_timesteps(settings.num_inference_steps)
+    timesteps = scheduler.timesteps.cpu()
+    schedule = DDIMSchedule.from_scheduler(scheduler, settings.num_inference_steps)
+    trained = trained_steps(timesteps, scheduler.config.steps_offset, settings.timestep_range)
+    if not any(trained):
+        grid = sorted(int(t) - scheduler.config.steps_offset for t in timesteps)
+        raise ValueError(f"config key 'train.timestep_range' {list(settings.timestep_range)} holds "
+                         f"no step of the {settings.num_inference_steps}-step DDIM grid {grid}; "
+                         f"widen it so that it contains at least one of them")
+    cond = backbone.encode(prompts)
+    n, k, g, eta = len(prompts), settings.k, settings.guidance_scale, settings.eta
+    device = backbone.device
+    x = backbone.initial_latents(n, generator)
+    eps_x = None  # eps of the current x at the current step, when already computed
+    parts, all_scores, total = [], [], 0
+
+    def full(t, size):
+        return torch.full((size,), int(t), dtype=torch.long, device=device)
+
+    i = 0
+    while i < len(timesteps):
+        t = timesteps[i]
+        eps = eps_x if eps_x is not None else backbone.eps(x, full(t, n), cond, g)
+        mean, std, _ = ddim_transition(schedule, eps, x, full(t, n), eta)
+        if not trained[i]:
+            x, eps_x, i = sample_transition(mean, std, generator), None, i + 1
+            continue
+        # The window: this branch step and up to j - 1 following trained steps.
+        width = 1
+        while width < settings.inner_steps and i + width < len(timesteps) and trained[i + width]:
+            width += 1
+        rows = torch.arange(n).repeat_interleave(k)
+        cond_k = cond.take(rows)
+        prompts_k = [prompts[r] for r in rows.tolist()]
+        starts = [x.repeat_interleave(k, dim=0)]
+        cur = sample_transition(mean.repeat_interleave(k, dim=0), std.repeat_interleave(k, dim=0),
+                                generator)
+        nexts = [cur]
+        for s in range(1, width):
+            ts = full(timesteps[i + s], n * k)
+            m, sd, _ = ddim_transition(schedule, backbone.eps(cur, ts, cond_k, g), cur, ts, eta)
+            starts.append(cur)
+            cur = sample_transition(m, sd, generator)
+            nexts.append(cur)
+        end = i + width
+        if end < len(timesteps):
+            t_cmp = full(timesteps[end], n * k)
+            eps_cmp = backbone.eps(cur, t_cmp, cond_k, g)
+            x0 = predict_x0(schedule, eps_cmp.float(), cur.float(), t_cmp)
+        else:  # the window reaches the end: score the final sample itself, at t = 0
+            t_cmp, eps_cmp, x0 = full(0, n * k), None, cur
+        scores = preference(backbone.decode(x0), prompts_k, t_cmp).float().cpu().view(n, k)
+        all_scores.append(scores.flatten())
+        win, lose, accepted = select_pairs(scores, threshold=settings.threshold,
+                                           mode=settings.pair_mode, generator=generator)
+        total += n * width
+        keep = torch.nonzero(accepted).flatten()
+        wi, li = keep * k + win[keep], keep * k + lose[keep]
+        for s in range(width):
+            parts.append(PairBatch(
+                xt_w=starts[s][wi].cpu(), xt_l=starts[s][li].cpu(), x_w=nexts[s][wi].cpu(),
+                x_l=nexts[s][li].cpu(), t=torch.full((len(keep),), int(timesteps[i + s])),
+                prompt_index=keep.clone(), shared=torch.full((len(keep),), s == 0)))
+        if settings.next_init == "random":
+            pick = torch.randint(0, k, (n,), generator=generator)
+        else:
+            pick = win if settings.next_init == "win" else lose
+        chosen = torch.arange(n) * k + pick
+        x = cur[chosen.to(cur.device)]
+        eps_x = None if eps_cmp is None else eps_cmp[chosen.to(cur.device)]
+        i = end
+    pairs = PairBatch.cat(parts) if parts else None
+    scores = torch.cat(all_scores) if all_scores else torch.zeros(0)
+    stats = {"pairs_total": total, "pairs_accepted": 0 if pairs is None else len(pairs),
+             "score_mean": float(scores.mean()) if len(scores) else float("nan"),
+             "score_std": float(scores.std()) if len(scores) > 1 else float("nan"),
+             "final_latents": x.cpu()}
+    return pairs, stats

@@ -1,0 +1,1 @@
+"""Losses (pure functions), LoRA handling and the trainers that orchestrate them."""

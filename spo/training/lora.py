@@ -1,0 +1,76 @@
+"""LoRA on the UNet through peft, saved and loaded in the diffusers format.
+
+The reference model of SPO is the same UNet with the adapter disabled (``reference_mode``), not a
+deep copy: half the UNet memory, and provably the base weights (disabling skips the LoRA branch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+DEFAULT_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def attach_lora(unet, *, rank: int, alpha: float | None = None,
+                targets: Sequence[str] = DEFAULT_TARGETS, init: str = "gaussian") -> list[torch.nn.Parameter]:
+    """Freeze ``unet`` and add a LoRA adapter; returns the trainable parameters.
+
+    ``init="gaussian"`` is the official SPO setting (peft's gaussian A, zero B); ``"default"`` is
+    peft's Kaiming A. Either way B = 0, so the adapted UNet starts equal to the base.
+    """
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise ValueError(f"config key 'train.lora.rank' is {rank}; it must be >= 1")
+    init_arg = {"gaussian": "gaussian", "default": True}.get(init)
+    if init_arg is None:
+        raise ValueError(f"config key 'train.lora.init' is {init!r}; allowed: 'gaussian', 'default'")
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets),
+                                init_lora_weights=init_arg))
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+@contextlib.contextmanager
+def reference_mode(unet) -> Iterator[None]:
+    """Run ``unet`` as the frozen base model (adapter disabled) inside the block."""
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
+def lora_state_dict(unet) -> dict[str, torch.Tensor]:
+    """The adapter's weights in peft's naming (for checkpoints)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def load_lora_state_dict(unet, state: dict[str, torch.Tensor]) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(unet, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise RuntimeError(f"LoRA checkpoint has keys the adapter lacks: {unexpected[:5]}")
+
+
+def save_lora_diffusers(pipeline_class, unet, out_dir: str | Path) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` that ``pipe.load_lora_weights`` reads."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    pipeline_class.save_lora_weights(str(out_dir), unet_lora_layers=layers,
+                                     weight_name=LORA_WEIGHTS, safe_serialization=True)
+    return Path(out_dir) / LORA_WEIGHTS

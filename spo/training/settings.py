@@ -1,0 +1,92 @@
+"""The SPO trainer's settings: a frozen dataclass built from a method's ``train:`` config block.
+
+The JSON schema checks types; ``__post_init__`` checks the arithmetic and cross-field rules, and
+every error names the config key (``methods.<name>.train.<key>``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from spo.sampling.stepwise import SamplerSettings
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    prompts: str                                   # a prompt set name (training prompts)
+    preference: dict = field(default_factory=lambda: {"name": "colorfulness"})
+    algorithm: str = "spo"                         # MSPO = spo with inner_steps > 1
+    # sampler (paper: DDIM eta 1, 20 steps, CFG 5, k 4, kappa 750, threshold 0.3)
+    num_inference_steps: int = 20
+    guidance_scale: float = 5.0
+    eta: float = 1.0
+    resolution: int | None = None                  # None: generation.resolution
+    k: int = 4
+    inner_steps: int = 1                           # MSPO's j
+    timestep_range: tuple = (0, 750)
+    threshold: float = 0.3
+    pair_mode: str = "best-worst"
+    next_init: str = "random"
+    # objective
+    beta: float = 10.0
+    clamp_eps: float | None = 0.1                  # the official ratio clamp; null: none
+    logprob_reduce: str = "mean"
+    # LoRA and optimisation
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    lora_init: str = "gaussian"
+    lr: float = 6e-5
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    prompts_per_round: int = 10                    # sampling batch, per process
+    train_batch_size: int = 10                     # pairs per micro-batch, per process
+    epochs: int = 10
+    max_rounds: int | None = None                  # stop early (tiny profile, smoke tests)
+    mixed_precision: str = "no"                    # no | fp16 | bf16
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 1                      # rounds between resumable checkpoints
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.algorithm != "spo":
+            raise ValueError(f"{self._key('algorithm')} is {self.algorithm!r}; this trainer runs 'spo'")
+        if not self.lr > 0:
+            raise ValueError(f"{self._key('lr')} is {self.lr}; it must be > 0")
+        for name in ("prompts_per_round", "train_batch_size", "grad_accum", "epochs", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{self._key(name)} is {getattr(self, name)}; it must be >= 1")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"{self._key('mixed_precision')} is {self.mixed_precision!r}; "
+                             f"allowed: 'no', 'fp16', 'bf16'")
+        if self.logprob_reduce not in ("mean", "sum"):
+            raise ValueError(f"{self._key('logprob_reduce')} is {self.logprob_reduce!r}; allowed: 'mean', 'sum'")
+        if "name" not in self.preference:
+            raise ValueError(f"{self._key('preference')} needs a 'name'")
+        self.sampler()  # validates k, inner_steps, range, threshold, modes
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return f"config key 'train.{name}'"
+
+    @classmethod
+    def from_config(cls, block: dict[str, Any]) -> "TrainSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(block) - known)
+        if unknown:
+            raise ValueError(f"config keys {['train.' + u for u in unknown]} are not allowed; "
+                             f"allowed: {', '.join(sorted(known))}")
+        values = dict(block)
+        if "timestep_range" in values:
+            values["timestep_range"] = tuple(values["timestep_range"])
+        return cls(**values)
+
+    def sampler(self) -> SamplerSettings:
+        if len(self.timestep_range) != 2:
+            raise ValueError(f"{self._key('timestep_range')} must be [lo, hi], got {self.timestep_range}")
+        return SamplerSettings(num_inference_steps=self.num_inference_steps,
+                               guidance_scale=self.guidance_scale, eta=self.eta, k=self.k,
+                               inner_steps=self.inner_steps,
+                               timestep_range=tuple(self.timestep_range), threshold=self.threshold,
+                               pair_mode=self.pair_mode, next_init=self.next_init)

@@ -1,0 +1,230 @@
+"""The SPO / MSPO trainer: orchestration only (sampling, pairs, loss and LoRA live elsewhere).
+
+Each *round*: ``prompts_per_round`` prompts per process are sampled with the current policy by the
+step-wise resampler (``spo.sampling.stepwise``); the accepted pairs of all processes are gathered,
+shuffled with a round-seeded generator and split evenly across processes; each process then runs
+its share in micro-batches of ``train_batch_size`` with the single-step DPO loss
+(``spo.training.losses.spo_loss``). The reference is the same UNet with the LoRA disabled. Where the
+win and lose transitions share x_t, one policy pass and one reference pass serve both.
+
+Everything random in a round is drawn from generators seeded by (seed, round, rank), and a
+checkpoint (LoRA + optimizer + round counter) is written after every ``checkpoint_every`` rounds,
+so a run killed mid-epoch and rerun ends with the same LoRA as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spo.checkpoint import (PREEMPTED_EXIT_CODE, install_signal_handlers, received_signal,
+                            should_checkpoint_and_exit)
+from spo.io import atomic_path, provenance, write_json_atomic
+from spo.models.backbone import Backbone
+from spo.sampling.ddim import DDIMSchedule, ddim_transition, gaussian_logprob
+from spo.sampling.stepwise import PairBatch, sample_pairs
+from spo.seeds import image_seed
+from spo.training import checkpoints
+from spo.training.lora import attach_lora, reference_mode, save_lora_diffusers
+from spo.training.losses import spo_loss
+from spo.training.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; a checkpoint was written before stopping."""
+
+
+def transition_logprobs(backbone: Backbone, schedule: DDIMSchedule, pairs: PairBatch, cond,
+                        settings: TrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(x_w | xt_w) and log p(x_l | xt_l) under the UNet as it is now (policy or reference).
+
+    Rows whose transitions share x_t get one UNet pass for both; others get one pass each.
+    Returns two (M,) tensors.
+    """
+    device = backbone.device
+    m = len(pairs)
+    not_shared = torch.nonzero(~pairs.shared).flatten()
+    x_in = torch.cat([pairs.xt_w, pairs.xt_l[not_shared]]).to(device)
+    t_in = torch.cat([pairs.t, pairs.t[not_shared]]).to(device)
+    rows = torch.cat([pairs.prompt_index, pairs.prompt_index[not_shared]])
+    eps = backbone.eps(x_in, t_in, cond.take(rows), settings.guidance_scale)
+    mean, std, _ = ddim_transition(schedule, eps, x_in, t_in, settings.eta)
+    mean_w, std_w = mean[:m], std[:m]
+    mean_l, std_l = mean[:m].clone(), std[:m].clone()
+    mean_l[not_shared.to(device)] = mean[m:]
+    std_l[not_shared.to(device)] = std[m:]
+    logp_w = gaussian_logprob(pairs.x_w.to(device), mean_w, std_w, settings.logprob_reduce)
+    logp_l = gaussian_logprob(pairs.x_l.to(device), mean_l, std_l, settings.logprob_reduce)
+    return logp_w, logp_l
+
+
+def pair_loss(backbone: Backbone, schedule: DDIMSchedule, pairs: PairBatch, cond,
+              settings: TrainSettings) -> dict[str, torch.Tensor]:
+    """SPO loss of a micro-batch: reference pass (no grad, adapter off), then the policy pass."""
+    with torch.no_grad(), reference_mode(backbone.pipe.unet):
+        ref_w, ref_l = transition_logprobs(backbone, schedule, pairs, cond, settings)
+    logp_w, logp_l = transition_logprobs(backbone, schedule, pairs, cond, settings)
+    return spo_loss(logp_w, logp_l, ref_w, ref_l, beta=settings.beta, clamp_eps=settings.clamp_eps)
+
+
+def _generator(seed: int, *key: Any) -> torch.Generator:
+    return torch.Generator().manual_seed(image_seed(seed, "/".join(map(str, key)), 0))
+
+
+def round_prompts(prompts: list[str], settings: TrainSettings, round_index: int, world: int,
+                  rank: int) -> list[str]:
+    """This process's prompts for a round: epochs are seeded permutations of the prompt set."""
+    per_round = settings.prompts_per_round * world
+    rounds_per_epoch = max(1, len(prompts) // per_round)
+    epoch, within = divmod(round_index, rounds_per_epoch)
+    order = torch.randperm(len(prompts), generator=_generator(settings.seed, "epoch", epoch))
+    start = within * per_round + rank * settings.prompts_per_round
+    return [prompts[int(i)] for i in order[start:start + settings.prompts_per_round]]
+
+
+def total_rounds(n_prompts: int, settings: TrainSettings, world: int) -> int:
+    rounds = max(1, n_prompts // (settings.prompts_per_round * world)) * settings.epochs
+    return min(rounds, settings.max_rounds) if settings.max_rounds else rounds
+
+
+def redistribute(pairs: PairBatch | None, accelerator, generator: torch.Generator) -> PairBatch | None:
+    """Gather every process's pairs, shuffle them identically everywhere, keep this rank's share."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        gathered = [p for p in gather_object([pairs]) if p is not None]
+        pairs = PairBatch.cat(gathered) if gathered else None
+    if pairs is None or len(pairs) == 0:
+        return None
+    order = torch.randperm(len(pairs), generator=generator)
+    per_rank = len(pairs) // world  # equal shares keep DDP's collective calls in step
+    return pairs.select(order[rank * per_rank:(rank + 1) * per_rank]) if per_rank else None
+
+
+def average_gradients(params, world: int) -> None:
+    """Data parallelism by hand: mean of every LoRA gradient over the processes.
+
+    Each process holds an equal share of the round's pairs and runs the same number of
+    micro-batches, so the mean of the per-process gradients of a mean loss is the gradient of the
+    whole global batch, as DDP would give (the UNet is not wrapped: the reference pass needs the
+    adapter switched off on the plain module).
+    """
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= world
+
+
+def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference,
+              settings: TrainSettings, out_dir: str | Path, checkpoint_dir: str | Path,
+              accelerator=None, resolved: dict | None = None) -> dict[str, Any]:
+    """Run SPO rounds until done; write the diffusers-format LoRA and the step log to ``out_dir``.
+
+    Resumes from the newest complete checkpoint in ``checkpoint_dir``. Returns summary statistics.
+    """
+    from accelerate import Accelerator
+
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                             mixed_precision=settings.mixed_precision)
+    unet = backbone.pipe.unet
+    with torch.random.fork_rng(devices=[]):  # the LoRA's random A matrices depend on the seed alone
+        torch.manual_seed(settings.seed)
+        params = attach_lora(unet, rank=settings.lora_rank, alpha=settings.lora_alpha,
+                             init=settings.lora_init)
+    if settings.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999),
+                                  weight_decay=settings.weight_decay, eps=1e-8)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n_rounds = total_rounds(len(prompts), settings, world)
+    start_round, step, log_lines = checkpoints.resume(checkpoint_dir, unet, optimizer)
+    if threading.current_thread() is threading.main_thread():
+        install_signal_handlers()
+    if start_round:
+        log.info("resuming at round %d/%d (step %d) from %s", start_round, n_rounds, step, checkpoint_dir)
+    schedule = None
+    for round_index in range(start_round, n_rounds):
+        tic = time.perf_counter()
+        batch_prompts = round_prompts(prompts, settings, round_index, world, rank)
+        unet.eval()
+        pairs, stats = sample_pairs(backbone, backbone.pipe.scheduler, batch_prompts, preference,
+                                    settings.sampler(), _generator(settings.seed, "sample", round_index, rank))
+        schedule = schedule or DDIMSchedule.from_scheduler(backbone.pipe.scheduler,
+                                                           settings.num_inference_steps)
+        # Pairs move between processes, so they index the prompts of the whole round (all ranks'
+        # prompts are a deterministic function of the round) and every rank encodes all of them.
+        all_prompts = [p for r in range(world)
+                       for p in round_prompts(prompts, settings, round_index, world, r)]
+        cond = backbone.encode(all_prompts)
+        if pairs is not None:
+            pairs.prompt_index += rank * settings.prompts_per_round
+        pairs = redistribute(pairs, accelerator, _generator(settings.seed, "shuffle", round_index))
+        unet.train()
+        micro = [] if pairs is None else [
+            pairs.select(torch.arange(s, min(s + settings.train_batch_size, len(pairs))))
+            for s in range(0, len(pairs), settings.train_batch_size)]
+        for j, batch in enumerate(micro):
+            with accelerator.autocast():
+                out = pair_loss(backbone, schedule, batch, cond, settings)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                if accelerator.is_main_process:
+                    checkpoints.save(checkpoint_dir, round_index, step, unet, optimizer, log_lines)
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at optimizer step {step} (round {round_index}); a "
+                    f"checkpoint of the last good state is in '{checkpoint_dir}'. Lower "
+                    f"'train.lr' or enable 'train.clamp_eps', then rerun to resume")
+            accelerator.backward(loss / settings.grad_accum)
+            if (j + 1) % settings.grad_accum == 0 or j + 1 == len(micro):
+                average_gradients(params, world)
+                if settings.grad_clip:
+                    accelerator.clip_grad_norm_(params, settings.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+            log_lines.append({
+                "round": round_index, "step": step, "epoch": round_index * world * settings.prompts_per_round // max(1, len(prompts)),
+                "loss": loss.item(), "ratio_win": out["ratio_w"].mean().item(),
+                "ratio_lose": out["ratio_l"].mean().item(),
+                "accepted_fraction": stats["pairs_accepted"] / max(1, stats["pairs_total"]),
+                "score_mean": stats["score_mean"], "score_std": stats["score_std"],
+                "lr": optimizer.param_groups[0]["lr"], "pairs": len(batch),
+                "pairs_per_s": len(pairs) / (time.perf_counter() - tic)})
+        if not micro:
+            log_lines.append({"round": round_index, "step": step, "loss": None, "accepted_fraction": 0.0,
+                              "score_mean": stats["score_mean"], "score_std": stats["score_std"]})
+        log.info("round %d/%d: %d pairs accepted of %d, score %.3f, %.1f s", round_index + 1,
+                 n_rounds, stats["pairs_accepted"], stats["pairs_total"], stats["score_mean"],
+                 time.perf_counter() - tic)
+        preempted = should_checkpoint_and_exit()  # SLURM's SIGUSR1 / SIGTERM before a kill
+        if ((round_index + 1) % settings.checkpoint_every == 0 or round_index + 1 == n_rounds
+                or preempted) and accelerator.is_main_process:
+            checkpoints.save(checkpoint_dir, round_index + 1, step, unet, optimizer, log_lines)
+        accelerator.wait_for_everyone()
+        if preempted:
+            log.warning("signal %s: checkpoint of round %d written to %s; rerun to resume",
+                        received_signal(), round_index + 1, checkpoint_dir)
+            raise SystemExit(PREEMPTED_EXIT_CODE)
+    if accelerator.is_main_process:  # every rank holds the same LoRA: one writes it
+        with atomic_path(out_dir, is_dir=True) as tmp:
+            save_lora_diffusers(pipeline_class, unet, tmp)
+            (tmp / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in log_lines))
+            write_json_atomic(tmp / "provenance.json", provenance("train", resolved or {}))
+    accelerator.wait_for_everyone()
+    return {"rounds": n_rounds, "steps": step,
+            "final_loss": next((l["loss"] for l in reversed(log_lines) if l.get("loss") is not None), math.nan)}

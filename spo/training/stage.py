@@ -1,0 +1,39 @@
+"""``python -m spo train``: build everything a method's training needs, then run the trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spo.io import stable_hash
+
+
+def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
+                 checkpoint_dir: str | Path, models_root: str | Path, root: str | Path = ".",
+                 device: str | None = None) -> dict[str, Any]:
+    """Train ``methods.<method>`` (its ``train`` block) and write its LoRA folder to ``out_dir``."""
+    import torch
+
+    from spo.models.backbone import Backbone, default_resolution
+    from spo.models.pipelines import load_model_pipeline, pipeline_class
+    from spo.preference import build_preference
+    from spo.prompts import load_prompt_set
+    from spo.training.settings import TrainSettings
+    from spo.training.spo_trainer import train_spo
+
+    method_cfg = config["methods"][method]
+    if "train" not in method_cfg:
+        raise ValueError(f"method '{method}' has no 'train' block; nothing to train")
+    settings = TrainSettings.from_config(method_cfg["train"])
+    model_cfg = config["models"][method_cfg["model"]]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_model_pipeline(config, method_cfg["model"], models_root=models_root, device=device)
+    resolution = (settings.resolution or config["generation"]["resolution"]
+                  or default_resolution(pipe))
+    prompts = load_prompt_set(config["prompt_sets"][settings.prompts], root)["prompt"].tolist()
+    preference = build_preference(settings.preference, device=device, models_root=str(models_root))
+    resolved = {"method": method, "settings": settings.__dict__, "model": model_cfg,
+                "resolution": resolution, "n_prompts": len(prompts),
+                "fingerprint": stable_hash(method_cfg)}
+    return train_spo(Backbone(pipe, resolution), pipeline_class(model_cfg["family"]), prompts,
+                     preference, settings, out_dir, checkpoint_dir, resolved=resolved)

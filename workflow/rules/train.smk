@@ -1,0 +1,43 @@
+# One job per trained method: SPO / MSPO on its base model, LoRA in the diffusers format. A job
+# given N > 1 GPUs runs `accelerate launch` with N processes (data parallel) inside its one job.
+# Checkpoints live outside the output folder: Snakemake deletes a failed job's outputs, and a
+# rerun must find the checkpoints to resume from.
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        directory("results/train/{method}"),
+    params:
+        fingerprint=train_fingerprint,
+        checkpoints=train_checkpoints,
+        launcher=train_launcher,
+    log:
+        "results/logs/train/{method}.log",
+    benchmark:
+        "results/benchmarks/train/{method}.tsv"
+    threads: job_threads("train")
+    resources:
+        gpu=job_resource("train", "gpu"),
+        mem_mb=job_resource("train", "mem_mb"),
+        runtime=job_resource("train", "runtime"),
+        cpus_per_task=job_resource("train", "cpus_per_task"),
+    shell:
+        "{PYTHON} -m {params.launcher}spo train --config {RESOLVED_CONFIG} --method {wildcards.method}"
+        " --checkpoints {params.checkpoints} --models-root {MODELS_ROOT} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+rule fetch_prompts:
+    output:
+        "results/prompts/{checksum}.json",
+    params:
+        prompt_set=fetch_prompt_set,
+    log:
+        "results/logs/fetch_prompts/{checksum}.log",
+    benchmark:
+        "results/benchmarks/fetch_prompts/{checksum}.tsv"
+    shell:
+        "{PYTHON} -m spo fetch-prompts --config {RESOLVED_CONFIG} --prompt-set {params.prompt_set}"
+        " --out {output} > {log} 2>&1"
