@@ -39,14 +39,29 @@ def attach_lora(unet, *, rank: int, alpha: float | None = None,
     return params
 
 
+def _lora_layers(unet) -> list:
+    """The peft LoRA layers of ``unet``, collected once (walking every module per toggle, as
+    ``unet.disable_adapters()`` does, costs ~2.4 ms per on/off pair on the tiny UNet)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = getattr(unet, "_spo_lora_layers", None)
+    if layers is None:
+        layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+        unet._spo_lora_layers = layers
+    return layers
+
+
 @contextlib.contextmanager
 def reference_mode(unet) -> Iterator[None]:
     """Run ``unet`` as the frozen base model (adapter disabled) inside the block."""
-    unet.disable_adapters()
+    layers = _lora_layers(unet)
+    for layer in layers:
+        layer.enable_adapters(False)
     try:
         yield
     finally:
-        unet.enable_adapters()
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def lora_state_dict(unet) -> dict[str, torch.Tensor]:

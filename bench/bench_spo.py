@@ -1,0 +1,171 @@
+"""SPO training update and full SPO round: ours against the official structure (tiny SD-1.5, CPU).
+
+Update: one micro-batch of real sampled pairs (forward, loss, backward, clip, AdamW step), both
+sides starting from the same LoRA (seeded non-zero B so the loss is not ln 2) and applying the same
+sequence of updates; the losses are asserted equal to 1e-5 at every repetition.
+Round: the tiny profile's round (32 prompts, k 4, 20 DDIM steps, [0, 750], CFG 5, eta 1,
+micro-batches of 64 pairs), colourfulness as the preference on both sides.
+Peak memory: ``bench.common.cpu_peak_bytes`` over (trainer set-up + the measured work), plus the
+bytes of the pipeline resident before it; the set-up includes the official deep copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bench.common import cpu_peak_bytes, interleaved, mib, ratio, tensor_bytes
+from bench.spo_setup import (Official, Ours, copy_lora, perturb_lora, sampled_pairs, settings,
+                             tiny_pipe, to_official, twin_pipes)
+
+RESOLUTION = 32  # the tiny profile's generation.resolution
+
+
+def _prompts(n: int) -> list[str]:
+    from spo.prompts import load_prompt_set
+
+    from bench.common import REPO
+
+    frame = load_prompt_set({"source": {"path": "data/prompts/tiny_train.tsv"}}, REPO)
+    texts = list(frame["prompt"])
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def _pipe_bytes(pipe) -> int:
+    return tensor_bytes([pipe.unet, pipe.vae, pipe.text_encoder])
+
+
+def bench_update(batch_size: int, reps: int, lora_scale: float = 0.02) -> dict[str, Any]:
+    s = settings(train_batch_size=batch_size)
+    pipe_ours, pipe_off = twin_pipes("sd15")
+    n_prompts = max(1, -(-batch_size // 16))  # 16 trained transitions per prompt
+    data = sampled_pairs(pipe_ours, s, _prompts(n_prompts), RESOLUTION)
+    batch = data.pairs.select(torch.arange(batch_size))
+    off_batch = to_official(batch, data.cond)
+    ours = Ours(pipe_ours, s, RESOLUTION)
+    perturb_lora(pipe_ours.unet, lora_scale)
+    off = Official(pipe_off, s, RESOLUTION)
+    copy_lora(pipe_ours.unet, pipe_off.unet)
+    pipe_ours.unet.train(), pipe_off.unet.train()
+    timed = interleaved({"official": lambda r: off.step(off_batch),
+                         "ours": lambda r: ours.step(batch, data.cond)}, reps=reps, warmup=1)
+    diffs = [abs(a - b) for a, b in zip(timed["ours"]["values"], timed["official"]["values"])]
+    first = timed["ours"]["values"][0]
+    assert max(diffs) < 1e-5, f"losses differ by {max(diffs):.3g} (> 1e-5)"
+    assert abs(first - 0.6931471805599453) > 1e-4, "the LoRA is a no-op: loss = ln 2"
+
+    mem = {name: update_memory(name, s, batch, off_batch, data.cond, lora_scale)
+           for name in ("official", "ours")}
+    return {
+        "what": "SPO training update (forward, loss, backward, clip, AdamW step) on one micro-batch",
+        "model": "tiny SD-1.5 (spo.models.tiny, seed 1), 32 px (4x4 latents), float32",
+        "pairs_per_update": batch_size, "lora_rank": s.lora_rank,
+        "official_s": timed["official"]["median_s"], "ours_s": timed["ours"]["median_s"],
+        "official_pairs_per_s": batch_size / timed["official"]["median_s"],
+        "ours_pairs_per_s": batch_size / timed["ours"]["median_s"],
+        "speedup": ratio(timed, "official", "ours"),
+        "loss_ours": timed["ours"]["values"], "loss_official": timed["official"]["values"],
+        "loss_max_abs_diff": max(diffs), "loss_equal_1e-5": max(diffs) < 1e-5,
+        "memory": mem,
+        "memory_ratio_ours_over_official": mem["ours"]["peak_bytes"] / mem["official"]["peak_bytes"],
+        "times": {k: v["times"] for k, v in timed.items() if k != "order"},
+    }
+
+
+def update_memory(which: str, s, batch, off_batch, cond, lora_scale: float) -> dict[str, Any]:
+    """Peak bytes of (set-up + 2 updates) on a fresh pipeline, plus the resident pipeline."""
+    pipe = tiny_pipe("sd15")
+    resident = _pipe_bytes(pipe) + tensor_bytes([batch.xt_w, batch.x_w, batch.x_l, cond.cond,
+                                                 cond.uncond, off_batch.prompt_embeds])
+    holder = {}
+
+    def work():
+        if which == "ours":
+            t = Ours(pipe, s, RESOLUTION)
+            perturb_lora(pipe.unet, lora_scale)
+            pipe.unet.train()
+            losses = [t.step(batch, cond) for _ in range(2)]
+        else:
+            t = Official(pipe, s, RESOLUTION)
+            perturb_lora(pipe.unet, lora_scale)
+            pipe.unet.train()
+            losses = [t.step(off_batch) for _ in range(2)]
+        holder["t"] = t
+        return losses
+
+    peak, _ = cpu_peak_bytes(work)
+    t = holder["t"]
+    ref = t.trainer.ref if which == "official" else None
+    opt_state = sum(v.numel() * v.element_size() for st in (t.optimizer if which == "ours" else t.trainer.optimizer).state.values()
+                    for v in st.values() if torch.is_tensor(v))
+    return {"peak_bytes": resident + peak, "peak_mib": mib(resident + peak),
+            "resident_before_mib": mib(resident), "peak_during_mib": mib(peak),
+            "deep_copied_reference_mib": mib(tensor_bytes([ref])) if ref is not None else 0.0,
+            "optimizer_state_mib": mib(opt_state)}
+
+
+def bench_round(prompts_per_round: int, reps: int) -> dict[str, Any]:
+    from spo.preference import build_preference
+
+    s = settings(prompts_per_round=prompts_per_round)
+    pipe_ours, pipe_off = twin_pipes("sd15")
+    ours = Ours(pipe_ours, s, RESOLUTION)
+    off = Official(pipe_off, s, RESOLUTION)
+    copy_lora(pipe_ours.unet, pipe_off.unet)
+    pref = build_preference(s.preference)
+    prompts = _prompts(prompts_per_round)
+
+    def gen(r):
+        return torch.Generator().manual_seed(1000 + r)
+
+    timed = interleaved({"official": lambda r: off.round(prompts, pref, gen(r)),
+                         "ours": lambda r: ours.round(prompts, pref, gen(r))}, reps=reps, warmup=1)
+    pairs = timed["ours"]["values"][0]["pairs"]
+    import statistics
+
+    phases = {side: {ph: statistics.median(v[ph] for v in timed[side]["values"]) for ph in ("sample_s", "train_s")}
+              for side in ("official", "ours")}
+    # If only the training phase differed, the round speed-up would be (S + T_off) / (S + T_ours);
+    # the update's speed-up caps it at 1 / ((1 - f) + f / update_speedup), f = official train share.
+    f = phases["official"]["train_s"] / (phases["official"]["sample_s"] + phases["official"]["train_s"])
+    mem = {name: round_memory(name, s, prompts) for name in ("official", "ours")}
+    return {
+        "what": "full SPO round: sample k candidates per trained step, decode, score, then the updates",
+        "model": "tiny SD-1.5, 32 px, float32; preference: colourfulness (analytic) on both sides",
+        "prompts_per_round": prompts_per_round, "k": s.k, "num_inference_steps": s.num_inference_steps,
+        "timestep_range": list(s.timestep_range), "train_batch_size": s.train_batch_size,
+        "pairs_per_round": pairs,
+        "pairs_per_round_official": timed["official"]["values"][0]["pairs"],
+        "official_s": timed["official"]["median_s"], "ours_s": timed["ours"]["median_s"],
+        "speedup": ratio(timed, "official", "ours"),
+        "phases_median_s": phases, "official_train_share": f,
+        "sampling_speedup": phases["official"]["sample_s"] / phases["ours"]["sample_s"],
+        "training_speedup": phases["official"]["train_s"] / phases["ours"]["train_s"],
+        "memory": mem,
+        "memory_ratio_ours_over_official": mem["ours"]["peak_bytes"] / mem["official"]["peak_bytes"],
+        "times": {k: v["times"] for k, v in timed.items()},
+    }
+
+
+def round_memory(which: str, s, prompts) -> dict[str, Any]:
+    from spo.preference import build_preference
+
+    pipe = tiny_pipe("sd15")
+    resident = _pipe_bytes(pipe)
+    pref = build_preference(s.preference)
+
+    def work():
+        t = (Ours if which == "ours" else Official)(pipe, s, RESOLUTION)
+        return t.round(prompts, pref, torch.Generator().manual_seed(7))
+
+    peak, _ = cpu_peak_bytes(work)
+    return {"peak_bytes": resident + peak, "peak_mib": mib(resident + peak),
+            "resident_before_mib": mib(resident), "peak_during_mib": mib(peak)}
+
+
+def run(quick: bool = True) -> dict[str, Any]:
+    update_sizes = [64] if quick else [10, 64]
+    out = {"update": [bench_update(b, reps=7 if quick else 15) for b in update_sizes]}
+    out["round"] = bench_round(32, reps=3 if quick else 5)
+    return out
