@@ -18,9 +18,8 @@ from bench.official import OfficialPairs, OfficialSPO, encode, multi_sample
 from spo.models.backbone import Backbone
 from spo.sampling.ddim import DDIMSchedule
 from spo.sampling.stepwise import PairBatch, sample_pairs
-from spo.training.lora import attach_lora
 from spo.training.settings import TrainSettings
-from spo.training.spo_trainer import pair_loss
+from spo.training.spo_trainer import micro_batches, pair_loss, trainable_lora
 
 # The tiny profile's recipe (config/config.yaml, methods.tiny-sd15-spo.train), preference swapped
 # for the analytic colourfulness so that both sides score with the same cheap function.
@@ -74,11 +73,7 @@ class Ours:
     def __init__(self, pipe, s: TrainSettings, resolution: int):
         self.pipe, self.s = pipe, s
         self.backbone = Backbone(pipe, resolution)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s.seed)
-            self.params = attach_lora(pipe.unet, rank=s.lora_rank, alpha=s.lora_alpha, init=s.lora_init)
-        self.optimizer = torch.optim.AdamW(self.params, lr=s.lr, betas=(0.9, 0.999),
-                                           weight_decay=s.weight_decay, eps=1e-8)
+        self.params, self.optimizer = trainable_lora(pipe.unet, s)
         self.schedule = DDIMSchedule.from_scheduler(pipe.scheduler, s.num_inference_steps)
 
     def step(self, batch: PairBatch, cond) -> float:
@@ -106,8 +101,7 @@ class Ours:
         mid = time.perf_counter()
         unet.train()
         losses = []
-        for start in range(0, len(pairs), self.s.train_batch_size):
-            batch = pairs.select(torch.arange(start, min(start + self.s.train_batch_size, len(pairs))))
+        for batch in micro_batches(pairs, self.s.train_batch_size):
             losses.append(self.step(batch, cond))
         _sync(unet)
         return {"pairs": len(pairs), "steps": len(losses), "loss": losses[-1],

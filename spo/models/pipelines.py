@@ -84,10 +84,10 @@ def load_method_pipeline(config: dict[str, Any], method: str, *, models_root: st
 
 def _load_lora(pipe, spec: dict[str, Any], method: str) -> None:
     """Load a diffusers-format LoRA (``pytorch_lora_weights.safetensors``) into ``pipe``."""
-    weight_name = spec.get("file", "pytorch_lora_weights.safetensors")
-    root = local_root(spec, None) if "tiny" not in spec else None
     if "tiny" in spec:
         raise ValueError(f"config key 'methods.{method}.lora' cannot be tiny; give a path or a hub id")
+    weight_name = spec.get("file", "pytorch_lora_weights.safetensors")
+    root = local_root(spec, None)
     if root is None:
         path = fetch_file({**spec, "file": weight_name})
         folder = path.parent

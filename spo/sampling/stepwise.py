@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from spo.models.backbone import Backbone, Conditioning
+from spo.models.backbone import Backbone
 from spo.preference.selection import select_pairs
 from spo.sampling.ddim import DDIMSchedule, ddim_transition, predict_x0, sample_transition
 

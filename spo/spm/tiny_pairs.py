@@ -56,6 +56,7 @@ def make_tiny_pairs(config: dict[str, Any], dataset: str, split: str, out_dir, *
                     root: str | Path = ".", batch: int = 32) -> pd.DataFrame:
     """Generate the ``split`` pairs of ``spm.datasets.<dataset>`` (a tiny source) into ``out_dir``."""
     from spo.io import atomic_path, provenance, write_json_atomic, write_parquet_atomic
+    from spo.models.backbone import default_resolution
     from spo.preference.base import colorfulness_torch
     from spo.prompts import load_prompt_set
     from spo.seeds import image_seed
@@ -68,7 +69,7 @@ def make_tiny_pairs(config: dict[str, Any], dataset: str, split: str, out_dir, *
                             spec["val_prompts"])
     backbone = load_backbone(config, spec["model"], models_root=models_root)
     pipe = backbone.pipe
-    side = gen["resolution"] or pipe.default_sample_size * pipe.vae_scale_factor
+    side = gen["resolution"] or default_resolution(pipe)
     # Validation may use more images per prompt: more held-out pairs, a tighter accuracy estimate.
     n = spec.get("val_images_per_prompt", spec["images_per_prompt"]) if split == "validation" \
         else spec["images_per_prompt"]

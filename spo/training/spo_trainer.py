@@ -111,6 +111,25 @@ def redistribute(pairs: PairBatch | None, accelerator, generator: torch.Generato
     return pairs.select(order[rank * per_rank:(rank + 1) * per_rank]) if per_rank else None
 
 
+def trainable_lora(unet, settings: TrainSettings) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer]:
+    """Attach the LoRA (its random A matrices depend on ``settings.seed`` alone) and its AdamW
+    (the official betas and eps)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        params = attach_lora(unet, rank=settings.lora_rank, alpha=settings.lora_alpha,
+                             init=settings.lora_init)
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999),
+                                  weight_decay=settings.weight_decay, eps=1e-8)
+    return params, optimizer
+
+
+def micro_batches(pairs: PairBatch | None, size: int) -> list[PairBatch]:
+    """Consecutive slices of ``size`` pairs (the last one may be shorter); none for no pairs."""
+    if pairs is None:
+        return []
+    return [pairs.select(torch.arange(s, min(s + size, len(pairs)))) for s in range(0, len(pairs), size)]
+
+
 def average_gradients(params, world: int) -> None:
     """Data parallelism by hand: mean of every LoRA gradient over the processes.
 
@@ -142,14 +161,9 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
                                              mixed_precision=settings.mixed_precision)
     unet = backbone.pipe.unet
-    with torch.random.fork_rng(devices=[]):  # the LoRA's random A matrices depend on the seed alone
-        torch.manual_seed(settings.seed)
-        params = attach_lora(unet, rank=settings.lora_rank, alpha=settings.lora_alpha,
-                             init=settings.lora_init)
+    params, optimizer = trainable_lora(unet, settings)
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999),
-                                  weight_decay=settings.weight_decay, eps=1e-8)
     world, rank = accelerator.num_processes, accelerator.process_index
     n_rounds = total_rounds(len(prompts), settings, world)
     start_round, step, log_lines = checkpoints.resume(checkpoint_dir, unet, optimizer)
@@ -175,9 +189,7 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
             pairs.prompt_index += rank * settings.prompts_per_round
         pairs = redistribute(pairs, accelerator, _generator(settings.seed, "shuffle", round_index))
         unet.train()
-        micro = [] if pairs is None else [
-            pairs.select(torch.arange(s, min(s + settings.train_batch_size, len(pairs))))
-            for s in range(0, len(pairs), settings.train_batch_size)]
+        micro = micro_batches(pairs, settings.train_batch_size)
         for j, batch in enumerate(micro):
             with accelerator.autocast():
                 out = pair_loss(backbone, schedule, batch, cond, settings)

@@ -162,10 +162,6 @@ def train_launcher(wildcards, resources):
     return f"accelerate.commands.launch --multi_gpu --num_processes {gpus} -m "
 
 
-def trained_methods():
-    return [m for m, _ in evaluated_pairs(CONFIG) if "train" in CONFIG["methods"][m]]
-
-
 def tiny_metric_inputs(wildcards):
     return {
         "weights": [
