@@ -12,11 +12,30 @@ from typing import Any
 from spo.sampling.stepwise import SamplerSettings
 
 
+# algorithm -> trainer "module:function"; every trainer has the signature of ``train_spo``.
+ALGORITHMS = {
+    "spo": "spo.training.spo_trainer:train_spo",
+    "diffusion-dpo": "spo.training.diffusion_dpo:train_diffusion_dpo",
+    "ddpo": "spo.training.ddpo:train_ddpo",
+    "d3po": "spo.training.d3po:train_d3po",
+}
+# algorithm -> the name of its own settings block in ``train:``
+ALGORITHM_BLOCKS = {"diffusion-dpo": "diffusion_dpo", "ddpo": "ddpo", "d3po": "d3po"}
+
+
+def trainer_for(algorithm: str):
+    """The trainer function of ``algorithm`` (imported lazily)."""
+    import importlib
+
+    module, function = ALGORITHMS[algorithm].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     prompts: str                                   # a prompt set name (training prompts)
     preference: dict = field(default_factory=lambda: {"name": "colorfulness"})
-    algorithm: str = "spo"                         # MSPO = spo with inner_steps > 1
+    algorithm: str = "spo"                         # spo (MSPO = inner_steps > 1) | diffusion-dpo | ddpo | d3po
     # sampler (paper: DDIM eta 1, 20 steps, CFG 5, k 4, kappa 750, threshold 0.3)
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
@@ -48,10 +67,18 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     checkpoint_every: int = 1                      # rounds between resumable checkpoints
     seed: int = 0
+    # Baseline trainers' own keys, one block per algorithm (each module validates its block).
+    diffusion_dpo: dict | None = None
+    ddpo: dict | None = None
+    d3po: dict | None = None
 
     def __post_init__(self):
-        if self.algorithm != "spo":
-            raise ValueError(f"{self._key('algorithm')} is {self.algorithm!r}; this trainer runs 'spo'")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"{self._key('algorithm')} is {self.algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+        for algorithm, block in ALGORITHM_BLOCKS.items():
+            if getattr(self, block) is not None and algorithm != self.algorithm:
+                raise ValueError(f"{self._key(block)} is given but {self._key('algorithm')} is "
+                                 f"{self.algorithm!r}; remove the block or set the algorithm to {algorithm!r}")
         if not self.lr > 0:
             raise ValueError(f"{self._key('lr')} is {self.lr}; it must be > 0")
         for name in ("prompts_per_round", "train_batch_size", "grad_accum", "epochs", "checkpoint_every"):

@@ -18,8 +18,7 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
     from spo.models.pipelines import load_model_pipeline, pipeline_class
     from spo.preference import build_preference
     from spo.prompts import load_prompt_set
-    from spo.training.settings import TrainSettings
-    from spo.training.spo_trainer import train_spo
+    from spo.training.settings import TrainSettings, trainer_for
 
     method_cfg = config["methods"][method]
     if "train" not in method_cfg:
@@ -35,5 +34,6 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
     resolved = {"method": method, "settings": settings.__dict__, "model": model_cfg,
                 "resolution": resolution, "n_prompts": len(prompts),
                 "fingerprint": stable_hash(method_cfg)}
-    return train_spo(Backbone(pipe, resolution), pipeline_class(model_cfg["family"]), prompts,
-                     preference, settings, out_dir, checkpoint_dir, resolved=resolved)
+    trainer = trainer_for(settings.algorithm)
+    return trainer(Backbone(pipe, resolution), pipeline_class(model_cfg["family"]), prompts,
+                   preference, settings, out_dir, checkpoint_dir, resolved=resolved)
