@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from spo.spm.data import PAIR_COLUMNS, PairsError, validate_pairs
+from spo.spm.data import PAIR_COLUMNS, ROW_GROUP_SIZE, PairsError, validate_pairs
 
 SOURCE_COLUMNS = ["caption", "jpg_0", "jpg_1", "label_0", "num_example_per_prompt"]
 
@@ -44,12 +44,14 @@ def source_files(spec: dict[str, Any], root=".") -> list[Path]:
                          f"--revision {hub['revision']} --include '{hub['pattern']}') or give `path:`") from exc
 
 
-def to_pairs(frame: pd.DataFrame, split: str, origin: str) -> pd.DataFrame:
-    """Map one Pick-a-Pic table to the pairs schema (pair ids ``<split>-<file stem>-<row>``)."""
+def to_pairs(frame: pd.DataFrame, split: str, origin: str, *, first_row: int = 0) -> pd.DataFrame:
+    """Map one Pick-a-Pic table (or a chunk of one: rows ``first_row``.. of its file) to the pairs
+    schema (pair ids ``<split>-<file stem>-<row in the file>``)."""
     missing = [c for c in SOURCE_COLUMNS if c not in frame]
     if missing:
         raise PairsError(f"Pick-a-Pic file '{origin}' lacks the columns {missing}")
     frame = frame.reset_index(drop=True)
+    frame.index = frame.index + first_row
     if "has_label" in frame:
         frame = frame[frame["has_label"].astype(bool)]
     stem = Path(origin).stem
@@ -61,13 +63,36 @@ def to_pairs(frame: pd.DataFrame, split: str, origin: str) -> pd.DataFrame:
         "image_0": frame["jpg_0"].to_numpy(), "image_1": frame["jpg_1"].to_numpy(),
         "label": pd.to_numeric(frame["label_0"], errors="coerce").to_numpy(),
         "examples_per_prompt": frame["num_example_per_prompt"].to_numpy()})
-    return validate_pairs(out[PAIR_COLUMNS], origin)
+    return validate_pairs(out[PAIR_COLUMNS], origin) if len(out) else out[PAIR_COLUMNS]
 
 
-def convert_pickapic(spec: dict[str, Any], split: str, out_dir, *, root=".") -> None:
-    from spo.io import atomic_path, write_parquet_atomic
+def convert_pickapic(spec: dict[str, Any], split: str, out_dir, *, root=".", chunk: int = ROW_GROUP_SIZE) -> None:
+    """One pairs file per source file, converted ``chunk`` rows at a time (a Pick-a-Pic file is
+    ~1 GB of JPEGs: never held whole) and written in row groups of ``chunk`` pairs, which the
+    streaming trainer reads one at a time (``spo.spm.stream``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spo.io import atomic_path
 
     with atomic_path(out_dir, is_dir=True) as tmp:
         for i, file in enumerate(source_files(spec, root)):
-            pairs = to_pairs(pd.read_parquet(file), split, str(file))
-            write_parquet_atomic(tmp / f"part-{i:04d}.parquet", pairs)
+            source = pq.ParquetFile(file)
+            cols = [c for c in SOURCE_COLUMNS + ["has_label"] if c in source.schema_arrow.names]
+            writer, first, written = None, 0, 0
+            try:
+                for batch in source.iter_batches(batch_size=chunk, columns=cols):
+                    pairs = to_pairs(batch.to_pandas(), split, str(file), first_row=first)
+                    first += batch.num_rows
+                    if pairs.empty:
+                        continue
+                    table = pa.Table.from_pandas(pairs, preserve_index=False)
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp / f"part-{i:04d}.parquet", table.schema)
+                    writer.write_table(table, row_group_size=chunk)
+                    written += len(pairs)
+            finally:
+                if writer is not None:
+                    writer.close()
+            if not written:
+                raise PairsError(f"Pick-a-Pic file '{file}' has no labelled rows")

@@ -12,6 +12,7 @@ Paths (the rules in ``workflow/rules/spm.smk`` use the same functions)::
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def make_pairs(config, dataset: str, split: str, out_dir, *, models_root, root="
 
 def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, validation_csv,
               checkpoints, models_root, latents=None, val_latents=None, device: str | None = None,
-              stop_after: int | None = None) -> dict[str, Any]:
+              stop_after: int | None = None, record_batches: bool = False) -> dict[str, Any]:
     """Train ``spm.runs.<run>`` and write the SPM folder and the validation CSV atomically."""
     import pandas as pd
     import torch
@@ -60,9 +61,8 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     from spo.io import atomic_path, write_json_atomic, provenance
     from spo.preference.spm_io import from_pickscore, save_spm
     from spo.spm.backbone import load_backbone
-    from spo.spm.data import attach_latents, read_pairs
-    from spo.spm.train import (VAL_COLUMNS, PairTensors, add_pseudo_labels, check_run_spec,
-                               train_loop, validate)
+    from spo.spm.stream import PairStream
+    from spo.spm.train import VAL_COLUMNS, add_pseudo_labels, check_run_spec, train_loop, validate
 
     spec = config["spm"]["runs"][run]
     check_run_spec(run, spec)
@@ -74,42 +74,44 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     backbone = load_backbone(config, spec["model"], models_root=models_root, device=device,
                              dtype=spec.get("backbone_dtype", "float32"),
                              guidance_scale=spec.get("guidance_scale", 5.0))
-    tensors = {}
-    for name, paths, cache in (("train", pairs, latents), ("validation", val_pairs, val_latents)):
-        frame = read_pairs([paths])
-        if cache:
-            frame = attach_latents(frame, [cache])
-        tensors[name] = PairTensors(frame, backbone, str(paths), spec.get("resolution"))
-    prompts = tensors["train"].prompts + tensors["validation"].prompts
-    if len(set(prompts)) <= MAX_CACHED_PROMPTS:  # Pick-a-Pic's ~10^5 prompts: encoded per batch
-        backbone.precompute(prompts)
+    # Streamed per batch (spo.spm.stream): nothing here holds the pairs, images or latents.
+    streams = {name: PairStream(paths, cache, encoder=backbone.encode, resolution=spec.get("resolution"))
+               for name, paths, cache in (("train", pairs, latents), ("validation", val_pairs, val_latents))}
+    prompts = set()
+    for part in streams.values():  # Pick-a-Pic's ~10^5 prompts: encoded per batch instead
+        found = part.unique_prompts(MAX_CACHED_PROMPTS)
+        prompts = prompts | found if found is not None and prompts is not None else None
+    if prompts is not None and len(prompts) <= MAX_CACHED_PROMPTS:
+        backbone.precompute(sorted(prompts))
     dataset_spec = config["spm"]["datasets"][spec["data"]]
     ceiling = "tiny" in dataset_spec  # labels are the analytic statistic: its own accuracy is the ceiling
     thr = (spec.get("pickscore_labels") or {}).get("threshold")
     if thr is not None:
-        for part in tensors.values():
+        for part in streams.values():
             add_pseudo_labels(scorer, part, thr)
-        tensors["validation"].label = tensors["validation"].pseudo
+    # Under `accelerate launch` every process trains; only the first validates and writes.
+    main = os.environ.get("RANK", "0") == "0"
     val_kw = dict(seed=spec["seed"], batch=spec.get("val_batch_size", 64), ceiling=ceiling)
     rows = [{"stage": "init", "step": 0, **r} for r in
-            validate(scorer, backbone, tensors["validation"], spec["val_timesteps"], **val_kw)]
-    log.info("untrained: %s", [(r["t"], round(r["accuracy"], 3)) for r in rows])
-    result = train_loop(scorer, backbone, tensors["train"], spec, Path(checkpoints), run=run,
-                        stop_after=stop_after)
-    if result["step"] < spec["steps"]:
-        return result  # stopped early (tests): no outputs, as a killed job leaves none
-    final = validate(scorer, backbone, tensors["validation"], spec["val_timesteps"], **val_kw)
+            validate(scorer, backbone, streams["validation"], spec["val_timesteps"], **val_kw)] if main else []
+    if main:
+        log.info("untrained: %s", [(r["t"], round(r["accuracy"], 3)) for r in rows])
+    result = train_loop(scorer, backbone, streams["train"], spec, Path(checkpoints), run=run,
+                        stop_after=stop_after, record_batches=record_batches)
+    if result["step"] < spec["steps"] or not result["main"]:
+        return {**result, "model": scorer.model}  # stopped early (tests): no outputs, as a kill leaves none
+    final = validate(scorer, backbone, streams["validation"], spec["val_timesteps"], **val_kw)
     rows += [{"stage": "final", "step": result["step"], **r} for r in final]
     log.info("trained: %s", [(r["t"], round(r["accuracy"], 3), round(r["ceiling"], 3)) for r in final])
     table = pd.DataFrame([{"run": run, **r} for r in rows], columns=VAL_COLUMNS)
     save_spm(scorer, out_dir)
     write_json_atomic(Path(out_dir) / "provenance.json", provenance("train-spm", {
-        "run": run, "spec": spec, "train_pairs": len(tensors["train"]),
-        "validation_pairs": len(tensors["validation"]), "resumed_from": result["resumed_from"],
+        "run": run, "spec": spec, "train_pairs": len(streams["train"]),
+        "validation_pairs": len(streams["validation"]), "resumed_from": result["resumed_from"],
         "train_seconds": result["seconds"], "total_seconds": time.perf_counter() - began}))
     with atomic_path(validation_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
-    return {**result, "validation": table}
+    return {**result, "validation": table, "model": scorer.model}
 
 
 def check_spm_config(config: dict[str, Any]) -> None:
@@ -147,33 +149,41 @@ def save_tiny_pickscore(config: dict[str, Any], out_dir) -> int:
 
 def cache_latents(config, pairs_dir, model: str, out_dir, *, models_root, resolution=None,
                   batch: int = 16) -> None:
-    """Encode every image of a pairs folder once with ``models.<model>``'s VAE (posterior mean)."""
+    """Encode every image of a pairs folder once with ``models.<model>``'s VAE (posterior mean).
+
+    Writes, per pairs file ``<stem>.parquet``, ``<stem>.latents.npy`` (n, 2, C, h, w) float32
+    (memory-mapped by the trainer: random access to any pair) and ``<stem>.pair_id.parquet``.
+    Streams ``batch`` pairs at a time into a ``.npy`` opened with ``open_memmap``, so memory holds
+    one batch of images, not the file.
+    """
+    import numpy as np
     import pandas as pd
     import torch
 
     from spo.io import atomic_path, write_parquet_atomic
-    from spo.preference.spm_model import clip_pixels
     from spo.spm.backbone import load_backbone
-    from spo.spm.data import decode_image, latents_to_bytes, read_pairs
+    from spo.spm.data import pair_files
+    from spo.spm.stream import PairStream
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone = load_backbone(config, model, models_root=models_root, device=device)
-    files = sorted(Path(pairs_dir).glob("*.parquet"))
     with atomic_path(out_dir, is_dir=True) as tmp:
-        for file in files:
-            frame = read_pairs([file])
-            out = {"pair_id": frame["pair_id"].tolist()}
-            for col in ("image_0", "image_1"):
-                lat = []
-                for start in range(0, len(frame), batch):
-                    ims = [decode_image(b, f"'{file}' row {start + i} {col}")
-                           for i, b in enumerate(frame[col].iloc[start:start + batch])]
-                    if resolution:  # square crop at the training resolution, as the official loader
-                        ims = [clip_pixels(im[None], resolution, (0, 0, 0), (1, 1, 1))[0] for im in ims]
-                    lat.append(backbone.encode(torch.stack(ims)).cpu())
-                out[f"latent_{col[-1]}"], shape = latents_to_bytes(torch.cat(lat))
-            out["latent_shape"] = [shape] * len(frame)
-            write_parquet_atomic(tmp / file.name, pd.DataFrame(out))
+        for file in pair_files([pairs_dir]):
+            stem = file.name.removesuffix(".parquet")
+            # No cache, no own latents: PairStream.latents decodes, crops and encodes the images.
+            pairs = PairStream([file], encoder=backbone.encode, resolution=resolution, cache_groups=1)
+            pairs.store = None
+            out, ids = None, []
+            for idx in pairs.chunks(batch):
+                lat = pairs.latents(idx).numpy()
+                if out is None:
+                    out = np.lib.format.open_memmap(tmp / f"{stem}.latents.npy", mode="w+",
+                                                    dtype=np.float32, shape=(len(pairs),) + lat.shape[1:])
+                out[int(idx[0]):int(idx[-1]) + 1] = lat
+                ids += pairs.meta(idx)["pair_id"]
+            out.flush()
+            del out
+            write_parquet_atomic(tmp / f"{stem}.pair_id.parquet", pd.DataFrame({"pair_id": ids}))
 
 
 def run_stage(config, args) -> int:

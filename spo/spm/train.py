@@ -5,7 +5,8 @@ t ~ U{0..999} per pair; both images' latents get the *same* noise; the frozen ba
 predicts x̂0; the VAE decodes it; the SPM scores both decoded x̂0 against the prompt with time
 condition t; the loss is ``objective.pair_loss``. Batches, t and noise are pure functions of
 (seed, step), and checkpoints hold the model, the optimiser and the step, so a run killed and rerun
-ends with the weights of an uninterrupted run.
+ends with the weights of an uninterrupted run. Pairs and latents are read per batch from a
+``spo.spm.stream.PairStream`` (Pick-a-Pic's ~1M pairs are never loaded).
 
 Outputs: the SPM folder (``spo.preference.spm_io``) and a validation CSV with one row per
 (stage, t): pairwise accuracy on held-out pairs, beside the ceiling (colourfulness of the decoded x̂0
@@ -21,13 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from spo.checkpoint import (PREEMPTED_EXIT_CODE, install_signal_handlers, latest_checkpoint,
                             received_signal, should_checkpoint_and_exit)
-from spo.spm.objective import (batch_indices, learning_rate, pair_loss, pairwise_accuracy,
-                               pseudo_labels, step_generator)
+from spo.spm.objective import (learning_rate, pair_loss, pairwise_accuracy, pseudo_labels,
+                               step_generator)
 
 log = logging.getLogger(__name__)
 VAL_COLUMNS = ["run", "stage", "step", "t", "accuracy", "ceiling", "pairs"]
@@ -68,50 +68,11 @@ def _load_state(folder: Path) -> dict:
     return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
 
 
-class PairTensors:
-    """A pairs table as tensors: latents (P, 2, C, h, w), labels, weights, prompt indices."""
-
-    def __init__(self, frame: pd.DataFrame, backbone, origin: str, resolution: int | None = None):
-        from spo.spm.data import decode_image, latents_from_column
-
-        self.frame = frame
-        self.prompts = frame["prompt"].tolist()
-        self.label = torch.tensor(frame["label"].to_numpy(), dtype=torch.float32)
-        self.epp = torch.tensor(frame["examples_per_prompt"].to_numpy(), dtype=torch.float32)
-        if "latent_0" in frame:
-            l0 = latents_from_column(frame["latent_0"].tolist(), frame["latent_shape"], origin)
-            l1 = latents_from_column(frame["latent_1"].tolist(), frame["latent_shape"], origin)
-        else:  # no cache: encode once here (the official recipe re-encodes in every step)
-            def enc(col):
-                imgs = []
-                for i, blob in enumerate(frame[col]):
-                    im = decode_image(blob, f"'{origin}' row {i} (pair_id {frame['pair_id'].iloc[i]!r}) {col}")
-                    if resolution:
-                        from spo.preference.spm_model import clip_pixels
-                        im = clip_pixels(im[None], resolution, (0, 0, 0), (1, 1, 1))[0]
-                    imgs.append(im)
-                return torch.cat([backbone.encode(torch.stack(imgs[i:i + 16])) for i in range(0, len(imgs), 16)])
-            l0, l1 = enc("image_0"), enc("image_1")
-        self.latents = torch.stack([l0, l1], dim=1).float()
-
-    def __len__(self) -> int:
-        return len(self.label)
-
-    def clean_images(self, idx: torch.Tensor) -> torch.Tensor:
-        """(2B, 3, H, W): the stored images of pairs ``idx`` (image 0s, then image 1s)."""
-        from spo.spm.data import decode_image
-
-        rows = self.frame.iloc[idx.tolist()]
-        return torch.stack([decode_image(b, "validation image") for b in
-                            list(rows["image_0"]) + list(rows["image_1"])])
-
-
-def noisy_x0_images(backbone, pairs: PairTensors, idx: torch.Tensor, t: torch.Tensor,
+def noisy_x0_images(backbone, latents: torch.Tensor, prompts: list[str], t: torch.Tensor,
                     noise: torch.Tensor) -> torch.Tensor:
-    """Decoded x̂0 (2B, 3, H, W) in [0, 1] of pairs ``idx`` at t (B,), same noise for both images."""
-    lat = pairs.latents[idx]
-    lat = torch.cat([lat[:, 0], lat[:, 1]]).to(backbone.device)
-    prompts = [pairs.prompts[i] for i in idx.tolist()]
+    """Decoded x̂0 (2B, 3, H, W) in [0, 1]: latents (B, 2, C, h, w) noised to t (B,), the same
+    noise (B, C, h, w) for both images of a pair; image 0s first, then image 1s."""
+    lat = torch.cat([latents[:, 0], latents[:, 1]]).to(backbone.device)
     emb = backbone.prompt_embeddings(prompts + prompts)
     x0 = backbone.predict_x0(lat, torch.cat([t, t]).to(backbone.device),
                              torch.cat([noise, noise]).to(backbone.device), emb)
@@ -130,55 +91,105 @@ def score_pairs(scorer, images: torch.Tensor, prompts: list[str], t: torch.Tenso
 
 
 @torch.no_grad()
-def validate(scorer, backbone, pairs: PairTensors, timesteps, *, seed: int, batch: int,
+def validate(scorer, backbone, pairs, timesteps, *, seed: int, batch: int,
              ceiling: bool) -> list[dict[str, Any]]:
-    """Accuracy at each t (t = 0: the clean images, as the official validation), with fixed noise."""
+    """Accuracy at each t (t = 0: the clean images, as the official validation), with fixed noise.
+
+    ``pairs`` (a ``stream.PairStream``) is read in consecutive blocks of ``batch``: memory holds
+    one block and the (N,) scores, whatever the number of pairs.
+    """
     from spo.preference.base import colorfulness_torch
 
     was_training = scorer.model.training
     scorer.model.eval()
     rows = []
     for t_val in timesteps:
-        s0s, s1s, c0s, c1s = [], [], [], []
-        for start in range(0, len(pairs), batch):
-            idx = torch.arange(start, min(start + batch, len(pairs)))
+        s0s, s1s, c0s, c1s, labels = [], [], [], [], []
+        for idx in pairs.chunks(batch):
+            start = int(idx[0])
+            meta = pairs.meta(idx)
             t = torch.full((len(idx),), int(t_val), dtype=torch.long)
             if t_val == 0:
-                images = pairs.clean_images(idx)
+                images = pairs.images(idx)
             else:
                 gen = torch.Generator().manual_seed(seed * 7919 + start)
-                noise = torch.randn(pairs.latents[idx][:, 0].shape, generator=gen)
-                images = noisy_x0_images(backbone, pairs, idx, t, noise)
-            s0, s1 = score_pairs(scorer, images, [pairs.prompts[i] for i in idx.tolist()], t)
-            s0s.append(s0.float().cpu()); s1s.append(s1.float().cpu())
+                latents = pairs.latents(idx)
+                noise = torch.randn(latents[:, 0].shape, generator=gen)
+                images = noisy_x0_images(backbone, latents, meta["prompts"], t, noise)
+            s0, s1 = score_pairs(scorer, images, meta["prompts"], t)
+            s0s.append(s0.float().cpu()); s1s.append(s1.float().cpu()); labels.append(meta["label"])
             if ceiling:
                 c = colorfulness_torch(images).chunk(2)
                 c0s.append(c[0]); c1s.append(c[1])
-        acc, n = pairwise_accuracy(torch.cat(s0s), torch.cat(s1s), pairs.label)
-        ceil = pairwise_accuracy(torch.cat(c0s), torch.cat(c1s), pairs.label)[0] if ceiling else float("nan")
+        label = torch.cat(labels)
+        acc, n = pairwise_accuracy(torch.cat(s0s), torch.cat(s1s), label)
+        ceil = pairwise_accuracy(torch.cat(c0s), torch.cat(c1s), label)[0] if ceiling else float("nan")
         rows.append({"t": int(t_val), "accuracy": acc, "ceiling": ceil, "pairs": n})
     scorer.model.train(was_training)
     return rows
 
 
-def train_loop(scorer, backbone, train: PairTensors, spec: dict[str, Any], ckpt_dir: Path, *,
-               run: str = "spm", stop_after: int | None = None) -> dict[str, Any]:
+def _all_reduce_(tensors, world: int, op: str = "mean", bucket: int = 1 << 25) -> None:
+    """In place over the data-parallel processes: the mean (gradients) or max (flags).
+
+    Tensors go in flat buckets of <= ``bucket`` elements (a few hundred calls per step for
+    PickScore's ~900 tensors would be latency-bound; one flat copy of all would double memory).
+    """
+    import torch.distributed as dist
+
+    if world <= 1:
+        return
+    reduce_op = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM
+    tensors, start = list(tensors), 0
+    while start < len(tensors):
+        stop, size = start, 0
+        while stop < len(tensors) and (stop == start or size + tensors[stop].numel() <= bucket) \
+                and tensors[stop].dtype == tensors[start].dtype:
+            size += tensors[stop].numel()
+            stop += 1
+        group = tensors[start:stop]
+        flat = torch.cat([x.reshape(-1) for x in group])
+        dist.all_reduce(flat, op=reduce_op)
+        if op == "mean":
+            flat.div_(world)
+        for x, part in zip(group, flat.split([x.numel() for x in group])):
+            x.copy_(part.view_as(x))
+        start = stop
+
+
+def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
+               run: str = "spm", stop_after: int | None = None,
+               record_batches: bool = False) -> dict[str, Any]:
     """Optimise ``scorer.model`` in place for ``spec['steps']`` steps, resuming from ``ckpt_dir``.
 
+    Data parallel (``accelerate launch --multi_gpu``, or ``torchrun`` on CPUs: ``accelerate
+    launch --cpu`` starts a single process without mpirun): every process draws the same global batch of
+    ``batch_size`` pairs, t and noise; rank r of w reads and scores ``[r::w]`` of it and the
+    gradients are averaged by hand (the model is not DDP-wrapped: the SPM is called through
+    several methods, not ``forward``, so DDP's hooks would never synchronise). The per-rank loss is
+    rescaled to its share of the global 1/examples-per-prompt weight, so w processes take the
+    step of one process on the whole batch.
+
     Args:
-        stop_after: tests only: return after this many steps of *this* invocation, as a kill would.
+        train: a ``stream.PairStream``; stop_after: tests only: return after this many steps of
+            *this* invocation, as a kill would; record_batches: tests: return each step's pair ids.
     Returns:
-        {"step": steps done, "resumed_from": step or None, "seconds": wall time of this call}.
+        {"step": steps done, "resumed_from": step or None, "seconds": wall time of this call,
+         "main": whether this is the main process, "batches": [[pair_id, ...], ...] if recorded}.
     """
     from accelerate import Accelerator
+
+    from spo.spm.stream import BatchOrder
 
     check_run_spec(run, spec)
     precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[spec.get("dtype", "float32")]
     accel = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    rank, world = accel.process_index, accel.num_processes
     model = scorer.model
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    params = list(model.parameters())  # model order: the clipping norm's sum as before, bitwise
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.get("weight_decay", 0.0)},
                              {"params": no_decay, "weight_decay": 0.0}], lr=spec["lr"],
                             betas=tuple(spec.get("betas", (0.9, 0.999))), eps=1e-8)
@@ -191,66 +202,89 @@ def train_loop(scorer, backbone, train: PairTensors, spec: dict[str, Any], ckpt_
         opt.load_state_dict(state["optimizer"])
         start = resumed = int(state["step"])
         log.info("resumed from %s (step %d)", latest, start)
+    if world > 1:  # one starting point for all: rank 0's weights (seeded alike, but be sure)
+        import torch.distributed as dist
+
+        for p in model.state_dict().values():
+            dist.broadcast(p.data, src=0)
     model.train()
-    prepared, opt = accel.prepare(model, opt)
+    opt = accel.prepare(opt)  # the optimiser only: mixed-precision scaling; see the docstring
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers()  # SLURM's SIGUSR1 / SIGTERM: checkpoint at the next step
     began = time.perf_counter()
     total, bsz, every = spec["steps"], spec["batch_size"], spec.get("checkpoint_every", 0)
-    thr = (spec.get("pickscore_labels") or {}).get("threshold")
-    shard = slice(accel.process_index, None, accel.num_processes)
+    # Memory-mapped latents: pair-level shuffle. Encoding images per step: row-group windows, so
+    # each row group of images is decoded once per epoch (see stream.epoch_order).
+    window = None if train.store is not None else train.rows.cache_groups
+    order = BatchOrder(len(train), spec["seed"], train.rows.group_sizes, window)
+    latent_shape = tuple(train.latent_shape)
+    batches = []
     step = start
     while step < total:
-        idx = batch_indices(step, bsz, len(train), spec["seed"])[shard]
+        idx = order(step, bsz)
         gen = step_generator(spec["seed"], step)
-        t = torch.randint(0, backbone.num_train_timesteps, (bsz,), generator=gen)[shard]
-        noise = torch.randn((bsz,) + tuple(train.latents.shape[2:]), generator=gen)[shard]
-        images = noisy_x0_images(backbone, train, idx, t, noise)
-        if spec.get("augment"):  # label-preserving for colourfulness: a flip per pair, seeded
-            flip = (torch.rand(len(idx), generator=gen) < 0.5).repeat(2)
-            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        t = torch.randint(0, backbone.num_train_timesteps, (bsz,), generator=gen)
+        noise = torch.randn((bsz,) + latent_shape, generator=gen)
+        flip = torch.rand(bsz, generator=gen) < 0.5 if spec.get("augment") else None
+        meta = train.meta(idx)  # the whole batch's labels and weights (small): the loss needs W
+        mine = torch.arange(rank, bsz, world)
+        prompts = [meta["prompts"][i] for i in mine.tolist()]
+        images = noisy_x0_images(backbone, train.latents(idx[mine]), prompts, t[mine], noise[mine])
+        if flip is not None:  # label-preserving for colourfulness: a flip per pair, seeded
+            images = torch.where(flip[mine].repeat(2).view(-1, 1, 1, 1), images.flip(-1), images)
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, spec["lr"], spec.get("warmup_steps", 0), total,
                                         spec.get("lr_schedule", "warmup_decay"))
-        label = train.label[idx].to(accel.device)
-        if thr is not None:
-            label = train.pseudo[idx].to(accel.device)
+        label, epp = meta["label"][mine].to(accel.device), meta["epp"][mine].to(accel.device)
         with accel.autocast():
-            s0, s1 = score_pairs(scorer, images, [train.prompts[i] for i in idx.tolist()], t)
-            loss = pair_loss(s0, s1, label, train.epp[idx].to(accel.device))
-        if not torch.isfinite(loss):
-            path = save_checkpoint(ckpt_dir, step, accel.unwrap_model(prepared), opt)
+            s0, s1 = score_pairs(scorer, images, prompts, t[mine])
+            loss = pair_loss(s0, s1, label, epp)
+            if world > 1:  # this share's part of the global weighted mean (x w: the mean below)
+                loss = loss * ((1 / epp).sum() / (1 / meta["epp"]).sum().to(accel.device) * world)
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=accel.device)
+        _all_reduce_([bad], world, "max")
+        if bad.item():
+            path = save_checkpoint(ckpt_dir, step, model, opt) if accel.is_main_process else ckpt_dir
             raise SPMTrainingError(f"spm run '{run}': the loss is {loss.item()} at step {step}; "
                                    f"stopped with the last good state in '{path}'. Lower "
                                    f"'spm.runs.{run}.lr' (now {spec['lr']}) or check the pairs")
         opt.zero_grad(set_to_none=True)
         accel.backward(loss)
+        # Unused parameters have no gradient on every rank alike; AdamW leaves them untouched.
+        _all_reduce_([p.grad for p in params if p.grad is not None], world)
         if spec.get("grad_clip"):
-            accel.clip_grad_norm_(prepared.parameters(), spec["grad_clip"])
+            accel.clip_grad_norm_(params, spec["grad_clip"])
         opt.step()
+        if record_batches:
+            batches.append([meta["pair_id"][i] for i in mine.tolist()])
         step += 1
         if step % 25 == 0 or step == total:
             log.info("step %d/%d loss %.4f (%.1f s)", step, total, loss.item(), time.perf_counter() - began)
-        preempted = should_checkpoint_and_exit()
+        flag = torch.tensor([float(should_checkpoint_and_exit())], device=accel.device)
+        _all_reduce_([flag], world, "max")  # a signal on any rank stops all at the same step
+        preempted = bool(flag.item())
         if (every and step % every == 0) or preempted:
             if accel.is_main_process:
-                save_checkpoint(ckpt_dir, step, accel.unwrap_model(prepared), opt)
+                save_checkpoint(ckpt_dir, step, model, opt)
+            accel.wait_for_everyone()
         if preempted:
             log.warning("spm run '%s': signal %s at step %d; checkpoint saved in '%s', rerun to "
                         "resume", run, received_signal(), step, ckpt_dir)
             raise SystemExit(PREEMPTED_EXIT_CODE)
         if stop_after is not None and step - start >= stop_after:
             break
-    return {"step": step, "resumed_from": resumed, "seconds": time.perf_counter() - began}
+    out = {"step": step, "resumed_from": resumed, "seconds": time.perf_counter() - began,
+           "main": accel.is_main_process}
+    return {**out, "batches": batches} if record_batches else out
 
 
-def add_pseudo_labels(scorer, pairs: PairTensors, threshold: float, batch: int = 32) -> None:
-    """Relabel ``pairs`` with frozen PickScore on the clean images (the SDXL recipe)."""
+def add_pseudo_labels(scorer, pairs, threshold: float, batch: int = 32) -> None:
+    """Relabel ``pairs`` (a PairStream) with frozen PickScore on the clean images (the SDXL
+    recipe): one streaming pass; keeps (N,) labels, 4 bytes a pair."""
     s0s, s1s = [], []
     with torch.no_grad():
-        for start in range(0, len(pairs), batch):
-            idx = torch.arange(start, min(start + batch, len(pairs)))
-            s0, s1 = score_pairs(scorer, pairs.clean_images(idx), [pairs.prompts[i] for i in idx.tolist()],
-                                 torch.zeros(len(idx), dtype=torch.long))
+        for idx in pairs.chunks(batch):
+            prompts = pairs.meta(idx)["prompts"]
+            s0, s1 = score_pairs(scorer, pairs.images(idx), prompts, torch.zeros(len(idx), dtype=torch.long))
             s0s.append(s0.float().cpu()); s1s.append(s1.float().cpu())
     pairs.pseudo = pseudo_labels(torch.cat(s0s), torch.cat(s1s), threshold)

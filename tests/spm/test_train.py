@@ -25,6 +25,10 @@ def test_tiny_pairs_schema(spm_world):
     assert len(train) == 8 * 3 and len(val) == 3 * 3  # 3 pairs from 3 images per prompt
     assert set(train["examples_per_prompt"]) == {3} and set(train["label"]) <= {0.0, 0.5, 1.0}
     assert list(train["latent_shape"].iloc[0]) == [4, 4, 4]
+    from spo.spm.stream import PairStream
+
+    stream = PairStream(spm_world[2] / "pairs/train")  # tiny pairs carry their own latents
+    assert len(stream) == 24 and stream.latent_shape == (4, 4, 4)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_weights(spm_world, spm_config, tmp_path):
@@ -76,15 +80,42 @@ def test_schema_rejects_bad_learning_rate(spm_config):
         validate_config(spm_config)
 
 
-def test_latent_cache_joins_by_pair_id(spm_world, spm_config, tmp_path):
-    from spo.spm.data import attach_latents, read_pairs
+def test_latent_cache_is_memory_mapped_and_checked(spm_world, spm_config, tmp_path):
+    """spm-latents writes <stem>.latents.npy + <stem>.pair_id.parquet; the stream maps it, the
+    in-memory join (Diffusion-DPO's reader) reads it, the former Parquet cache still reads, and a
+    cache out of step with the pairs fails naming the pair."""
+    import numpy as np
+
+    from spo.spm.data import PairsError, attach_latents, latents_to_bytes, pair_files, read_pairs
     from spo.spm.stage import cache_latents
+    from spo.spm.stream import NpyLatents, PairStream
 
     _, models_root, root = spm_world
-    cache_latents(spm_config, root / "pairs/validation", "tiny-sd15", tmp_path / "lat", models_root=models_root)
+    cache_latents(spm_config, root / "pairs/validation", "tiny-sd15", tmp_path / "lat", models_root=models_root,
+                  batch=4)
+    assert sorted(f.name for f in (tmp_path / "lat").iterdir()) == ["part-0000.latents.npy",
+                                                                    "part-0000.pair_id.parquet"]
+    stream = PairStream(root / "pairs/validation", tmp_path / "lat")
+    assert isinstance(stream.store, NpyLatents) and stream.latent_shape == (4, 4, 4)
+    idx = torch.tensor([5, 0, 7])
+    full = np.load(tmp_path / "lat/part-0000.latents.npy")
+    assert torch.equal(stream.latents(idx), torch.from_numpy(full[[5, 0, 7]]))
     pairs = read_pairs([root / "pairs/validation"]).drop(columns=["latent_0", "latent_1", "latent_shape"])
     joined = attach_latents(pairs, [tmp_path / "lat"])
     assert joined["latent_0"].notna().all() and len(joined) == len(pairs)
+    assert attach_latents(pairs, [tmp_path / "lat/part-0000.parquet"])["latent_1"].tolist() == joined["latent_1"].tolist()
     with pytest.raises(Exception, match="lacks 1 pairs"):
         extra = pd.concat([pairs, pairs.iloc[:1].assign(pair_id="new")], ignore_index=True)
         attach_latents(extra, [tmp_path / "lat"])
+    # The former format: one Parquet per pairs file with latent_0/latent_1 columns.
+    old = tmp_path / "old"
+    old.mkdir()
+    b0, shape = latents_to_bytes(torch.from_numpy(full[:, 0]))
+    b1, _ = latents_to_bytes(torch.from_numpy(full[:, 1]))
+    pd.DataFrame({"pair_id": pairs["pair_id"], "latent_0": b0, "latent_1": b1,
+                  "latent_shape": [shape] * len(b0)}).to_parquet(old / pair_files([root / "pairs/validation"])[0].name)
+    assert torch.equal(PairStream(root / "pairs/validation", old).latents(idx), stream.latents(idx))
+    ids = pd.read_parquet(tmp_path / "lat/part-0000.pair_id.parquet")
+    ids.iloc[::-1].to_parquet(tmp_path / "lat/part-0000.pair_id.parquet")
+    with pytest.raises(PairsError, match="out of step with the pairs"):
+        PairStream(root / "pairs/validation", tmp_path / "lat")

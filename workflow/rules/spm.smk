@@ -38,7 +38,8 @@ rule spm_pairs:
         " --out {output} > {log} 2>&1"
 
 
-# Encodes each image once: every SPM variant and every rerun reuses the latents.
+# Encodes each image once: every SPM variant and every rerun reuses the latents. Per pairs file a
+# <stem>.latents.npy (n, 2, C, h, w) that train-spm memory-maps, + <stem>.pair_id.parquet.
 rule spm_latents:
     input:
         unpack(spm_latents_inputs),
