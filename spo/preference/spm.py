@@ -55,6 +55,9 @@ def build_spm_no_step(spec, *, device="cpu", dtype="float32", models_root=None):
 
 
 def build_pickscore(spec, *, device="cpu", dtype="float32", models_root=None):
+    if spec.get("model_dir") and spec.get("processor_dir"):  # resolved from spm.pickscore by the stage
+        return from_pickscore(spec["model_dir"], spec["processor_dir"], time_condition=False,
+                              device=device, dtype=dtype)
     root = Path(spec["path"]) if spec.get("path") else Path(models_root or "results/models") / "spm-init" / "pickscore"
     if not (root / "model").is_dir() or not (root / "processor").is_dir():
         raise SPMError(f"preference 'pickscore': '{root}' must hold model/ and processor/ folders "

@@ -66,6 +66,7 @@ class TrainSettings:
     mixed_precision: str = "no"                    # no | fp16 | bf16
     gradient_checkpointing: bool = False
     checkpoint_every: int = 1                      # rounds between resumable checkpoints
+    dump_examples: int = 0                         # Figure 5: x̂0 win / lose pairs of the first and last round
     seed: int = 0
     # Baseline trainers' own keys, one block per algorithm (each module validates its block).
     diffusion_dpo: dict | None = None
@@ -84,6 +85,8 @@ class TrainSettings:
         for name in ("prompts_per_round", "train_batch_size", "grad_accum", "epochs", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{self._key(name)} is {getattr(self, name)}; it must be >= 1")
+        if self.dump_examples < 0:
+            raise ValueError(f"{self._key('dump_examples')} is {self.dump_examples}; it must be >= 0")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"{self._key('mixed_precision')} is {self.mixed_precision!r}; "
                              f"allowed: 'no', 'fp16', 'bf16'")
@@ -92,6 +95,20 @@ class TrainSettings:
         if "name" not in self.preference:
             raise ValueError(f"{self._key('preference')} needs a 'name'")
         self.sampler()  # validates k, inner_steps, range, threshold, modes
+        if self.algorithm != "spo":
+            self.algorithm_settings()  # a bad key of the baseline's block fails at config load
+
+    def algorithm_settings(self):
+        """The parsed ``train.<algorithm>`` block of a baseline trainer (None for spo)."""
+        import importlib
+
+        parsers = {"diffusion-dpo": ("spo.training.diffusion_dpo", "DPOSettings", "from_train"),
+                   "ddpo": ("spo.training.ddpo", "DDPOSettings", "from_settings"),
+                   "d3po": ("spo.training.d3po", "D3POSettings", "from_settings")}
+        if self.algorithm not in parsers:
+            return None
+        module, cls, method = parsers[self.algorithm]
+        return getattr(getattr(importlib.import_module(module), cls), method)(self)
 
     @staticmethod
     def _key(name: str) -> str:

@@ -1,4 +1,4 @@
-# One job per trained method: SPO / MSPO on its base model, LoRA in the diffusers format. A job
+# One job per trained method: SPO / MSPO (or a baseline trainer) on its base model, LoRA in the diffusers format. A job
 # given N > 1 GPUs runs `accelerate launch` with N processes (data parallel) inside its one job.
 # Checkpoints live outside the output folder: Snakemake deletes a failed job's outputs, and a
 # rerun must find the checkpoints to resume from.
@@ -13,6 +13,8 @@ rule train:
         fingerprint=train_fingerprint,
         checkpoints=train_checkpoints,
         launcher=train_launcher,
+        # offline trainers (diffusion-dpo): their pair folder from train_inputs
+        pairs=lambda wildcards, input: f"--pairs {input.pairs}" if "pairs" in input.keys() else "",
     log:
         "results/logs/train/{method}.log",
     benchmark:
@@ -26,7 +28,7 @@ rule train:
     shell:
         "{PYTHON} -m {params.launcher}spo train --config {RESOLVED_CONFIG} --method {wildcards.method}"
         " --checkpoints {params.checkpoints} --models-root {MODELS_ROOT} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        " {params.pairs} --out {output} > {log} 2>&1"
 
 
 rule fetch_prompts:

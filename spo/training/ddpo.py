@@ -1,0 +1,224 @@
+"""DDPO (Black et al. 2023, DDPO_IS): PPO on the log-probability ratios of sampled DDIM trajectories.
+
+Follows kvablack/ddpo-pytorch@1958463f020112c9a7bc85768d296daacc2e1b4b (read, not copied):
+
+* scripts/train.py: each epoch samples trajectories with DDIM(eta 1) and CFG, recording every
+  transition's log-prob under the sampling policy; the reward of the final image is normalised to
+  an advantage; training recomputes each transition's log-prob under the current LoRA policy with
+  CFG and minimises the PPO clipped surrogate mean(max(-A r, -A clip(r, 1 - c, 1 + c))),
+  r = exp(logp - logp_sampled), advantages clipped to [-adv_clip_max, adv_clip_max]
+  (clip range 1e-4, adv_clip_max 5 in config/base.py); ``timestep_fraction`` trains a random
+  subset of each trajectory's steps; ``num_inner_epochs`` passes over the samples.
+* ddpo_pytorch/stat_tracking.py: per-prompt running mean / std over a buffer of the last
+  ``buffer_size`` rewards of that prompt (kept across epochs), falling back to the mean / std of
+  the whole gathered batch while a prompt has fewer than ``min_count`` rewards; std + 1e-6. Without
+  tracking, the batch is normalised as a whole (std + 1e-8). trl's DDPOTrainer does the same.
+
+Differences, by design: an optimizer step averages ``train_batch_size x grad_accum`` transitions
+drawn at random from the round (the official step covers whole trajectories, every trained step
+of ``batch x accum`` samples); the tracker state is rebuilt on resume from the rewards the log
+records per round, so a resumed run continues with the same statistics.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from spo.sampling.ddim import DDIMSchedule, ddim_transition, gaussian_logprob
+from spo.sampling.trajectory import check_eta, sample_trajectories, score_final, step_subset
+from spo.training.rollout import all_round_prompts, generator, parse_block, train_rounds
+from spo.training.settings import TrainSettings
+from spo.training.spo_trainer import round_prompts
+
+
+@dataclass(frozen=True)
+class DDPOSettings:
+    """``train.ddpo``: the official config/base.py defaults."""
+
+    clip_range: float = 1e-4           # PPO clip range
+    adv_clip_max: float = 5.0          # advantages clipped to [-adv_clip_max, adv_clip_max]
+    timestep_fraction: float = 1.0     # share of each trajectory's steps trained
+    inner_epochs: int = 1              # passes over a round's samples
+    images_per_prompt: int = 1         # trajectories per prompt per round
+    per_prompt_stat_tracking: bool = True
+    buffer_size: int = 16              # per-prompt reward buffer
+    min_count: int = 16                # below it, the batch statistics are used
+    sample_batch_size: int | None = None   # trajectories per sampling call (None: all)
+
+    def __post_init__(self):
+        def bad(key, why):
+            raise ValueError(f"config key 'train.ddpo.{key}' is {getattr(self, key)!r}; {why}")
+        if not self.clip_range > 0:
+            bad("clip_range", "it must be > 0")
+        if not self.adv_clip_max > 0:
+            bad("adv_clip_max", "it must be > 0")
+        if not 0 < self.timestep_fraction <= 1:
+            bad("timestep_fraction", "it must be in (0, 1]")
+        for key in ("inner_epochs", "images_per_prompt", "buffer_size", "min_count"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                bad(key, "it must be an integer >= 1")
+        if self.sample_batch_size is not None and self.sample_batch_size < 1:
+            bad("sample_batch_size", "it must be >= 1 or null")
+
+    @classmethod
+    def from_settings(cls, settings: TrainSettings) -> "DDPOSettings":
+        return parse_block(cls, settings.ddpo, "ddpo")
+
+
+def ddpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, *,
+              clip_range: float, adv_clip_max: float) -> dict[str, torch.Tensor]:
+    """The PPO clipped surrogate of DDPO, averaged over transitions.
+
+    Args:
+        logp: (M,) log-probs of the sampled transitions under the current policy.
+        logp_old: (M,) the same under the policy that sampled them.
+        advantages: (M,) the trajectory's normalised reward.
+    Returns:
+        ``loss`` (scalar), ``ratio`` (mean r), ``clipfrac`` (share with |r - 1| > clip range),
+        ``approx_kl`` (0.5 mean (logp - logp_old)^2, the official diagnostic).
+    """
+    adv = advantages.to(logp.dtype).clamp(-adv_clip_max, adv_clip_max)
+    log_ratio = logp - logp_old.to(logp.dtype)
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    return {"loss": loss, "ratio": ratio.mean().detach(),
+            "clipfrac": ((ratio - 1.0).abs() > clip_range).float().mean().detach(),
+            "approx_kl": (0.5 * log_ratio ** 2).mean().detach()}
+
+
+class PerPromptStatTracker:
+    """Running per-prompt reward statistics (the official tracker's semantics)."""
+
+    def __init__(self, buffer_size: int, min_count: int):
+        self.buffer_size, self.min_count = buffer_size, min_count
+        self.buffers: dict[str, deque] = {}
+
+    def update(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
+        prompts, rewards = np.asarray(prompts, dtype=object), np.asarray(rewards, dtype=np.float64)
+        advantages = np.empty_like(rewards)
+        for prompt in dict.fromkeys(prompts.tolist()):
+            mine = prompts == prompt
+            buffer = self.buffers.setdefault(prompt, deque(maxlen=self.buffer_size))
+            buffer.extend(rewards[mine].tolist())
+            ref = np.asarray(buffer) if len(buffer) >= self.min_count else rewards
+            advantages[mine] = (rewards[mine] - ref.mean()) / (ref.std() + 1e-6)
+        return advantages
+
+
+def normalise_rewards(prompts: Sequence[str], rewards: np.ndarray,
+                      tracker: PerPromptStatTracker | None) -> np.ndarray:
+    """Advantages of a gathered round: per-prompt tracking, or whole-batch normalisation."""
+    if tracker is not None:
+        return tracker.update(prompts, rewards)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    return (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+
+
+@dataclass
+class TransitionBatch:
+    """Sampled transitions on the CPU: x_t -> x_next at t, with the sampling log-prob and advantage."""
+
+    x_t: torch.Tensor
+    x_next: torch.Tensor
+    t: torch.Tensor
+    prompt_index: torch.Tensor
+    logp_old: torch.Tensor
+    advantage: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def select(self, index: torch.Tensor) -> "TransitionBatch":
+        return TransitionBatch(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+
+
+def transitions(traj, steps: torch.Tensor, prompt_index: torch.Tensor,
+                advantages: torch.Tensor) -> TransitionBatch:
+    """Flatten the (trajectory, step) pairs ``steps`` ((N, k) step indices) into a batch."""
+    rows = torch.arange(len(traj)).repeat_interleave(steps.shape[1])
+    cols = steps.flatten()
+    return TransitionBatch(traj.latents[rows, cols], traj.latents[rows, cols + 1], traj.timesteps[cols],
+                           prompt_index[rows], traj.logprobs[rows, cols], advantages[rows].float())
+
+
+def transition_logprob(backbone, schedule: DDIMSchedule, batch: TransitionBatch, cond,
+                       settings: TrainSettings) -> torch.Tensor:
+    """log p(x_next | x_t) under the UNet as it is now (CFG as in sampling): (M,)."""
+    device = backbone.device
+    x_t, t = batch.x_t.to(device), batch.t.to(device)
+    eps = backbone.eps(x_t, t, cond.take(batch.prompt_index), settings.guidance_scale)
+    mean, std, _ = ddim_transition(schedule, eps, x_t, t, settings.eta)
+    return gaussian_logprob(batch.x_next.to(device), mean, std, settings.logprob_reduce)
+
+
+def _gather(values: list, accelerator) -> list:
+    if accelerator is None or accelerator.num_processes == 1:
+        return values
+    from accelerate.utils import gather_object
+
+    return list(gather_object(values))
+
+
+def train_ddpo(backbone, pipeline_class, prompts: list[str], preference, settings: TrainSettings,
+               out_dir: str | Path, checkpoint_dir: str | Path, accelerator=None,
+               resolved: dict | None = None) -> dict[str, Any]:
+    """Train the LoRA with DDPO; writes what ``train_spo`` writes. Signature of ``train_spo``."""
+    from accelerate import Accelerator
+
+    opts = DDPOSettings.from_settings(settings)
+    check_eta(settings.eta)
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                             mixed_precision=settings.mixed_precision)
+    scheduler = backbone.pipe.scheduler
+    schedule = DDIMSchedule.from_scheduler(scheduler, settings.num_inference_steps)
+    tracker = (PerPromptStatTracker(opts.buffer_size, opts.min_count)
+               if opts.per_prompt_stat_tracking else None)
+    m = opts.images_per_prompt
+
+    def replay(log_lines):  # the tracker is a function of the rewards so far
+        for line in log_lines:
+            if line.get("kind") == "samples" and tracker is not None:
+                tracker.update([prompts[i] for i in line["prompt_ids"]], np.asarray(line["rewards"]))
+
+    def collect(round_index, world, rank):
+        mine = round_prompts(prompts, settings, round_index, world, rank)
+        every = all_round_prompts(prompts, settings, round_index, world)
+        cond = backbone.encode(every)
+        prompt_index = (torch.arange(len(mine)) + rank * settings.prompts_per_round).repeat_interleave(m)
+        traj = sample_trajectories(
+            backbone, scheduler, cond.take(prompt_index), num_inference_steps=settings.num_inference_steps,
+            guidance_scale=settings.guidance_scale, eta=settings.eta,
+            generator=generator(settings.seed, "sample", round_index, rank),
+            logprob_reduce=settings.logprob_reduce, batch_size=opts.sample_batch_size)
+        rewards = score_final(backbone, preference, traj.final, [every[i] for i in prompt_index.tolist()])
+        ids = {p: i for i, p in enumerate(prompts)}
+        local = [(ids[every[i]], float(r)) for i, r in zip(prompt_index.tolist(), rewards.tolist())]
+        gathered = _gather(local, accelerator)  # rank order: rank r's rows are the r-th block
+        all_ids, all_rewards = [g[0] for g in gathered], np.asarray([g[1] for g in gathered])
+        advantages = normalise_rewards([prompts[i] for i in all_ids], all_rewards, tracker)
+        advantages = torch.as_tensor(advantages).view(world, -1)[rank]
+        steps = step_subset(len(traj), settings.num_inference_steps, opts.timestep_fraction,
+                            generator(settings.seed, "timesteps", round_index, rank))
+        data = transitions(traj, steps, prompt_index, advantages)
+        datasets = [data.select(torch.randperm(len(data), generator=generator(
+            settings.seed, "shuffle", round_index, rank, e))) for e in range(opts.inner_epochs)]
+        stats = {"prompt_ids": all_ids, "rewards": all_rewards.tolist(),
+                 "reward_mean": float(all_rewards.mean()), "reward_std": float(all_rewards.std()),
+                 "logprob_mean": float(traj.logprobs.mean())}
+        return datasets, cond, stats
+
+    def loss_fn(batch, cond):
+        logp = transition_logprob(backbone, schedule, batch, cond, settings)
+        return ddpo_loss(logp, batch.logp_old.to(logp.device), batch.advantage.to(logp.device),
+                         clip_range=opts.clip_range, adv_clip_max=opts.adv_clip_max)
+
+    return train_rounds(backbone, pipeline_class, prompts, settings, out_dir, checkpoint_dir,
+                        accelerator, resolved, collect=collect, loss_fn=loss_fn, replay=replay)

@@ -1,0 +1,297 @@
+"""Offline Diffusion-DPO (Wallace et al. 2023, arXiv 2311.12908) as a baseline trainer (issue 6).
+
+Each step takes ``batch_size`` decisive preference pairs (winner x_w, loser x_l; ties dropped),
+draws ONE noise eps and ONE timestep t ~ U{0..T-1} per pair, noises both latents with them, and
+compares the per-sample noise-prediction errors of the policy (UNet + LoRA) and the reference
+(the same UNet with the LoRA disabled, ``spo.training.lora.reference_mode``: no copy in memory):
+
+    m_w = mean_{C,h,w} (eps_theta(x_w,t, t, c) - eps)^2      (and m_l, r_w, r_l for loser / reference)
+    loss = -log sigmoid( -(beta / 2) * ((m_w - m_l) - (r_w - r_l)) )
+
+beta convention: the official Salesforce code's ``--beta_dpo`` (the ``-0.5 * beta`` scale term),
+SalesforceAIResearch/DiffusionDPO@8d3ee5c6cf312575fb33f2a20689fa0fc1b21955:train.py (loss block,
+"scale_term = -0.5 * args.beta_dpo"). The diffusers port
+(huggingface/diffusers@071190da:examples/research_projects/diffusion_dpo/train_diffusion_dpo.py)
+has no 1/2, so its beta is 2x ours: diffusers 2500 == Salesforce/ours 5000 (../shared/METRICS.md
+§5.1-5.2). The conditioning is text only (no CFG in training), with ``empty_prompt_rate`` of the
+prompts replaced by "" (official default 0.2).
+
+Only LoRA training is implemented (``full_unet: false``): full-UNet training would need a frozen
+deep copy of the UNet as the reference (the adapter trick cannot apply) and a UNet-folder output
+that generation does not load; ``full_unet: true`` is a config error naming that.
+
+The LoRA, optimizer and step are checkpointed every ``checkpoint_every`` steps
+(``spo.training.checkpoints``); every random draw of a step is seeded by (seed, step, rank, micro
+batch) and the pairs of a step are a pure function of (seed, step) (``spo.training.dpo_data``), so
+a killed and rerun training ends with the same LoRA. Output: the diffusers LoRA folder, log.jsonl
+and provenance.json, exactly as ``train_spo`` writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from spo.checkpoint import (PREEMPTED_EXIT_CODE, install_signal_handlers, received_signal,
+                            should_checkpoint_and_exit)
+from spo.io import atomic_path, provenance, write_json_atomic
+from spo.models.backbone import Backbone, Conditioning
+from spo.seeds import image_seed
+from spo.training import checkpoints
+from spo.training.dpo_data import PairSource, pair_latents
+from spo.training.lora import reference_mode, save_lora_diffusers
+from spo.training.settings import TrainSettings
+from spo.training.spo_trainer import NonFiniteLossError, average_gradients, trainable_lora
+
+log = logging.getLogger(__name__)
+KEY = "train.diffusion_dpo"
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    """The ``train.diffusion_dpo`` block (LoRA, lr, weight decay, clip, seed and precision are the
+    shared ``train.*`` keys; SPO's sampler keys such as ``train.beta`` are not used)."""
+
+    data: str                       # a key of spm.datasets: trains on results/spm/pairs/<data>/train
+    beta: float = 5000.0            # Salesforce convention (official launchers: 5000)
+    steps: int = 2000               # optimizer steps (official: 2000)
+    batch_size: int = 2048          # pairs per optimizer step, all processes (official: 2048)
+    micro_batch: int = 1            # pairs per forward pass per process (gradient accumulation)
+    warmup_steps: int = 0           # linear warm-up, then constant (official: 500 SD-1.5, 200 SDXL)
+    empty_prompt_rate: float = 0.2  # prompts replaced by "" (official default 0.2)
+    hflip: bool = True              # random horizontal flip of encoded images (not cached latents)
+    optimizer: str = "adamw"        # adamw (train.weight_decay) | adafactor (official SDXL)
+    full_unet: bool = False         # only false (LoRA) is implemented
+    timestep_range: tuple = (0, 999)  # t ~ U{lo..hi} (official: all of 0..999)
+
+    def __post_init__(self):
+        def bad(key, why):
+            raise ValueError(f"config key '{KEY}.{key}' is {getattr(self, key)!r}; {why}")
+        if not isinstance(self.data, str) or not self.data:
+            bad("data", "give the name of a pair dataset under spm.datasets")
+        if not self.beta > 0:
+            bad("beta", "it must be > 0 (Salesforce convention; official 5000)")
+        for key in ("steps", "batch_size", "micro_batch"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                bad(key, "it must be an integer >= 1")
+        if self.batch_size % self.micro_batch:
+            bad("batch_size", f"it must be a multiple of {KEY}.micro_batch ({self.micro_batch})")
+        if self.warmup_steps < 0:
+            bad("warmup_steps", "it must be >= 0")
+        if not 0.0 <= self.empty_prompt_rate < 1.0:
+            bad("empty_prompt_rate", "use a rate in [0, 1)")
+        if self.optimizer not in ("adamw", "adafactor"):
+            bad("optimizer", "allowed: 'adamw', 'adafactor'")
+        lo_hi = tuple(self.timestep_range)
+        if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]:
+            bad("timestep_range", "give [lo, hi] with 0 <= lo <= hi < the scheduler's num_train_timesteps")
+        if self.full_unet:
+            bad("full_unet", "only LoRA training is implemented (generation loads LoRA folders); "
+                "set it to false, or evaluate the official full-UNet checkpoint through "
+                "methods.<name>.unet (mhdang/dpo-sd1.5-text2image-v1)")
+
+    @classmethod
+    def from_train(cls, settings: TrainSettings) -> "DPOSettings":
+        block = settings.diffusion_dpo
+        if block is None:
+            raise ValueError(f"config key '{KEY}' is missing; 'train.algorithm: diffusion-dpo' needs "
+                             f"it (at least '{KEY}.data: <spm.datasets name>')")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(block) - known)
+        if unknown:
+            raise ValueError(f"config keys {[KEY + '.' + k for k in unknown]} are not allowed; "
+                             f"allowed: {', '.join(sorted(known))}")
+        if "data" not in block:
+            raise ValueError(f"config key '{KEY}.data' is missing; name a pair dataset under spm.datasets")
+        return cls(**block)
+
+
+def check_dpo_config(config: dict[str, Any], settings: TrainSettings) -> DPOSettings:
+    """Parse the block and check that ``data`` names a defined pair dataset."""
+    dpo = DPOSettings.from_train(settings)
+    datasets = (config.get("spm") or {}).get("datasets") or {}
+    if dpo.data not in datasets:
+        raise ValueError(f"config key '{KEY}.data' is {dpo.data!r}, not a key of spm.datasets "
+                         f"({', '.join(sorted(datasets)) or 'none defined'}); add it there")
+    return dpo
+
+
+def diffusion_dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor,
+                       ref_l: torch.Tensor, *, beta: float) -> dict[str, torch.Tensor]:
+    """The Diffusion-DPO loss, Salesforce beta convention, averaged over pairs.
+
+    Args:
+        model_w, model_l: (M,) policy noise-prediction MSE of winner / loser (mean over C, h, w).
+        ref_w, ref_l: (M,) the reference's MSE on the same noisy inputs (no gradient needed).
+        beta: the official ``--beta_dpo`` (5000); diffusers' beta is twice this.
+    Returns:
+        ``loss`` (scalar), ``inside`` ((M,) the logit -beta/2 * (model_diff - ref_diff)),
+        ``implicit_acc`` (scalar, share of pairs with inside > 0).
+    """
+    inside = -0.5 * beta * ((model_w - model_l) - (ref_w - ref_l))
+    return {"loss": -F.logsigmoid(inside).mean(), "inside": inside.detach(),
+            "implicit_acc": (inside > 0).float().mean().detach()}
+
+
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) x2 -> (B,) mean squared error in float32."""
+    return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+
+
+def conditional_eps(backbone: Backbone, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """eps_theta(x, t, c), text-conditional only (training has no CFG); SD-1.5 and SDXL alike
+    (SDXL's pooled embedding and time ids come from ``Backbone``). x: (B, C, h, w); t: (B,)."""
+    extra = {}
+    if backbone.is_sdxl:
+        extra["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(dtype),
+                                      "time_ids": backbone.time_ids(x).repeat(len(x), 1)}
+    return backbone.unet(x.to(dtype), t.to(x.device), encoder_hidden_states=cond.cond.to(dtype),
+                         **extra).sample
+
+
+def micro_loss(backbone: Backbone, rows, dpo: DPOSettings, generator: torch.Generator,
+               dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Loss of one micro-batch of oriented pair rows (``dpo_data.PairSource.rows_of``)."""
+    scheduler, device = backbone.pipe.scheduler, backbone.device
+    if scheduler.config.prediction_type != "epsilon":
+        raise ValueError(f"Diffusion-DPO needs an epsilon-prediction model; the scheduler says "
+                         f"{scheduler.config.prediction_type!r}")
+    lat_w, lat_l = pair_latents(rows, backbone.pipe.vae, backbone.resolution, generator, dpo.hflip)
+    m = len(rows)
+    # One noise and one timestep per pair, shared by winner and loser (the official code).
+    noise = torch.randn(lat_w.shape, generator=generator)
+    lo, hi = dpo.timestep_range
+    if hi >= scheduler.config.num_train_timesteps:
+        raise ValueError(f"config key '{KEY}.timestep_range' is {list(dpo.timestep_range)}; its upper "
+                         f"end must be < {scheduler.config.num_train_timesteps} (num_train_timesteps)")
+    t = torch.randint(lo, hi + 1, (m,), generator=generator)
+    empty = torch.rand(m, generator=generator) < dpo.empty_prompt_rate
+    prompts = ["" if e else p for e, p in zip(empty.tolist(), rows["prompt"])]
+    cond = backbone.encode(prompts).take(torch.arange(m).repeat(2))
+    x0 = torch.cat([lat_w, lat_l])
+    noise2, t2 = noise.repeat(2, 1, 1, 1), t.repeat(2)
+    x_t = scheduler.add_noise(x0, noise2, t2).to(device)
+    target = noise2.to(device)
+    with torch.no_grad(), reference_mode(backbone.unet):
+        ref = per_sample_mse(conditional_eps(backbone, x_t, t2, cond, dtype), target)
+    model = per_sample_mse(conditional_eps(backbone, x_t, t2, cond, dtype), target)
+    out = diffusion_dpo_loss(model[:m], model[m:], ref[:m], ref[m:], beta=dpo.beta)
+    out.update(model_mse=model.detach().mean(), ref_mse=ref.mean())
+    return out
+
+
+def _generator(seed: int, *key: Any) -> torch.Generator:
+    return torch.Generator().manual_seed(image_seed(seed, "dpo/" + "/".join(map(str, key)), 0))
+
+
+def _optimizer(params, settings: TrainSettings, dpo: DPOSettings, adamw):
+    if dpo.optimizer == "adamw":
+        return adamw
+    from transformers.optimization import Adafactor
+
+    # The official SDXL run's Adafactor (fixed lr, no relative step, update clipping 1.0).
+    return Adafactor(params, lr=settings.lr, weight_decay=settings.weight_decay, clip_threshold=1.0,
+                     scale_parameter=False, relative_step=False)
+
+
+def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
+                        settings: TrainSettings, out_dir: str | Path, checkpoint_dir: str | Path,
+                        accelerator=None, resolved: dict | None = None, *,
+                        pairs: str | Path | None = None, latents: str | Path | None = None) -> dict[str, Any]:
+    """Train a LoRA with offline Diffusion-DPO on the pairs folder ``pairs`` (``prompts`` and
+    ``preference`` are unused: the pairs carry prompts and labels). ``latents``: an optional
+    ``spm-latents`` cache of the same pairs. Resumes from ``checkpoint_dir``; returns a summary."""
+    from accelerate import Accelerator
+
+    dpo = DPOSettings.from_train(settings)
+    if pairs is None:
+        raise ValueError(f"Diffusion-DPO needs the pairs of '{KEY}.data' ({dpo.data}); pass "
+                         f"--pairs results/spm/pairs/{dpo.data}/train")
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                             mixed_precision=settings.mixed_precision)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if dpo.batch_size % (dpo.micro_batch * world):
+        raise ValueError(f"config key '{KEY}.batch_size' is {dpo.batch_size}; with {world} processes "
+                         f"it must be a multiple of {KEY}.micro_batch x processes = {dpo.micro_batch * world}")
+    source = PairSource(pairs, latents)
+    log.info("%d decisive pairs (%d ties dropped) from %s", source.n_pairs, source.n_ties, pairs)
+    unet = backbone.unet
+    backbone.pipe.vae.requires_grad_(False)
+    params, adamw = trainable_lora(unet, settings)
+    optimizer = _optimizer(params, settings, dpo, adamw)
+    if settings.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    dtype = unet.dtype
+    start, step, log_lines = checkpoints.resume(checkpoint_dir, unet, optimizer)
+    if threading.current_thread() is threading.main_thread():
+        install_signal_handlers()
+    if start:
+        log.info("resuming at step %d/%d from %s", start, dpo.steps, checkpoint_dir)
+    per_rank = dpo.batch_size // world
+    n_micro = per_rank // dpo.micro_batch
+    unet.train()
+    began = time.perf_counter()
+    for step in range(start, dpo.steps):
+        tic = time.perf_counter()
+        # The warm-up is a pure function of the step: nothing to checkpoint.
+        lr = settings.lr * min(1.0, (step + 1) / dpo.warmup_steps) if dpo.warmup_steps else settings.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        first = step * dpo.batch_size + rank * per_rank
+        entries = source.positions(settings.seed, first, first + per_rank)
+        sums = {"loss": 0.0, "implicit_acc": 0.0, "model_mse": 0.0, "ref_mse": 0.0}
+        for j in range(n_micro):
+            rows = source.rows_of(entries[j * dpo.micro_batch:(j + 1) * dpo.micro_batch])
+            with accelerator.autocast():
+                out = micro_loss(backbone, rows, dpo, _generator(settings.seed, step, rank, j), dtype)
+            if not torch.isfinite(out["loss"]):
+                if accelerator.is_main_process:
+                    checkpoints.save(checkpoint_dir, step, step, unet, optimizer, log_lines)
+                raise NonFiniteLossError(
+                    f"loss is {out['loss'].item()} at step {step}; a checkpoint of the last good "
+                    f"state is in '{checkpoint_dir}'. Lower 'train.lr' or '{KEY}.beta', then rerun")
+            accelerator.backward(out["loss"] / n_micro)
+            for key in sums:
+                sums[key] += out[key].item() / n_micro
+        average_gradients(params, world)
+        if settings.grad_clip:
+            accelerator.clip_grad_norm_(params, settings.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        log_lines.append({"step": step + 1, "epoch": (step + 1) * dpo.batch_size / source.n_pairs,
+                          **sums, "lr": lr, "pairs": dpo.batch_size,
+                          "pairs_per_s": per_rank / (time.perf_counter() - tic)})
+        preempted = should_checkpoint_and_exit()  # SLURM's SIGUSR1 / SIGTERM before a kill
+        if ((step + 1) % settings.checkpoint_every == 0 or step + 1 == dpo.steps or preempted) \
+                and accelerator.is_main_process:
+            checkpoints.save(checkpoint_dir, step + 1, step + 1, unet, optimizer, log_lines)
+        accelerator.wait_for_everyone()
+        if preempted:
+            log.warning("signal %s: checkpoint of step %d written to %s; rerun to resume",
+                        received_signal(), step + 1, checkpoint_dir)
+            raise SystemExit(PREEMPTED_EXIT_CODE)
+        if (step + 1) % 50 == 0:
+            log.info("step %d/%d: loss %.4f, implicit acc %.3f", step + 1, dpo.steps, sums["loss"],
+                     sums["implicit_acc"])
+    seconds = time.perf_counter() - began
+    if accelerator.is_main_process:  # every rank holds the same LoRA: one writes it
+        info = {**(resolved or {}), "pairs": str(pairs), "latents": str(latents) if latents else None,
+                "decisive_pairs": source.n_pairs, "ties_dropped": source.n_ties,
+                "train_seconds_this_run": seconds}
+        with atomic_path(out_dir, is_dir=True) as tmp:
+            save_lora_diffusers(pipeline_class, unet, tmp)
+            (tmp / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in log_lines))
+            write_json_atomic(tmp / "provenance.json", provenance("train", info))
+    accelerator.wait_for_everyone()
+    return {"steps": dpo.steps, "seconds": seconds,
+            "final_loss": log_lines[-1]["loss"] if log_lines else math.nan}

@@ -1,0 +1,142 @@
+"""The round loop shared by the trajectory-level baselines DDPO and D3PO (issue 6).
+
+A round: ``collect`` samples this process's prompts with the current policy and returns the
+training data (one dataset per inner epoch, already shuffled and split for this process), then the
+data is run in micro-batches of ``train_batch_size`` with gradient accumulation, exactly as
+``train_spo`` does (``trainable_lora``, ``micro_batches``, ``average_gradients`` are its own
+functions). Checkpoints (``spo.training.checkpoints``), SIGUSR1 / SIGTERM handling and the output
+folder (diffusers LoRA, ``log.jsonl``, ``provenance.json``) are the SPO trainer's, so generation
+loads the result unchanged and a killed run resumes to the same LoRA.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from spo.checkpoint import (PREEMPTED_EXIT_CODE, install_signal_handlers, received_signal,
+                            should_checkpoint_and_exit)
+from spo.io import atomic_path, provenance, write_json_atomic
+from spo.seeds import image_seed
+from spo.training import checkpoints
+from spo.training.lora import save_lora_diffusers
+from spo.training.settings import TrainSettings
+from spo.training.spo_trainer import (NonFiniteLossError, average_gradients, micro_batches,
+                                      round_prompts, total_rounds, trainable_lora)
+
+log = logging.getLogger(__name__)
+
+
+def generator(seed: int, *key: Any) -> torch.Generator:
+    """A CPU generator seeded by (seed, key...): every random draw of a round is reproducible."""
+    return torch.Generator().manual_seed(image_seed(seed, "/".join(map(str, key)), 0))
+
+
+def parse_block(cls, block: dict | None, algorithm: str):
+    """Build the dataclass ``cls`` from ``train.<algorithm>``; unknown keys name the allowed ones."""
+    from dataclasses import fields
+
+    block = dict(block or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(block) - known)
+    if unknown:
+        raise ValueError(f"config keys {[f'train.{algorithm}.{u}' for u in unknown]} are not "
+                         f"allowed; allowed: {', '.join(sorted(known))}")
+    return cls(**block)
+
+
+def train_rounds(backbone, pipeline_class, prompts: list[str], settings: TrainSettings,
+                 out_dir: str | Path, checkpoint_dir: str | Path, accelerator, resolved: dict | None, *,
+                 collect: Callable, loss_fn: Callable, replay: Callable | None = None) -> dict[str, Any]:
+    """Run the rounds of a trajectory-level trainer.
+
+    Args:
+        collect: ``collect(round_index, world, rank) -> (datasets, cond, round_stats)``: a list of
+            datasets (one per inner epoch; each has ``len`` and ``select`` or is None), the text
+            conditioning they index, and JSON-able statistics logged with the round.
+        loss_fn: ``loss_fn(batch, cond) -> dict`` with a scalar ``loss`` and scalar metrics.
+        replay: called with the resumed log, to rebuild state that lives in it (reward statistics).
+    """
+    from accelerate import Accelerator
+
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                             mixed_precision=settings.mixed_precision)
+    unet = backbone.pipe.unet
+    params, optimizer = trainable_lora(unet, settings)
+    if settings.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n_rounds = total_rounds(len(prompts), settings, world)
+    start_round, step, log_lines = checkpoints.resume(checkpoint_dir, unet, optimizer)
+    if replay is not None:
+        replay(log_lines)
+    if threading.current_thread() is threading.main_thread():
+        install_signal_handlers()
+    if start_round:
+        log.info("resuming at round %d/%d (step %d) from %s", start_round, n_rounds, step, checkpoint_dir)
+    for round_index in range(start_round, n_rounds):
+        tic = time.perf_counter()
+        unet.eval()
+        datasets, cond, stats = collect(round_index, world, rank)
+        log_lines.append({"round": round_index, "kind": "samples", **stats})
+        unet.train()
+        epoch = round_index * world * settings.prompts_per_round // max(1, len(prompts))
+        for data in datasets:
+            micro = micro_batches(data, settings.train_batch_size)
+            for j, batch in enumerate(micro):
+                with accelerator.autocast():
+                    out = loss_fn(batch, cond)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    if accelerator.is_main_process:
+                        checkpoints.save(checkpoint_dir, round_index, step, unet, optimizer, log_lines)
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at optimizer step {step} (round {round_index}); a "
+                        f"checkpoint of the last good state is in '{checkpoint_dir}'. Lower "
+                        f"'train.lr', then rerun to resume")
+                accelerator.backward(loss / settings.grad_accum)
+                if (j + 1) % settings.grad_accum == 0 or j + 1 == len(micro):
+                    average_gradients(params, world)
+                    if settings.grad_clip:
+                        accelerator.clip_grad_norm_(params, settings.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                log_lines.append({
+                    "round": round_index, "step": step, "epoch": epoch, "loss": loss.item(),
+                    **{k: float(v) for k, v in out.items() if k != "loss"},
+                    "reward_mean": stats.get("reward_mean"), "reward_std": stats.get("reward_std"),
+                    "lr": optimizer.param_groups[0]["lr"], "transitions": len(batch),
+                    "transitions_per_s": len(batch) * (j + 1) / (time.perf_counter() - tic)})
+        log.info("round %d/%d: reward %.3f, %.1f s", round_index + 1, n_rounds,
+                 stats.get("reward_mean", math.nan), time.perf_counter() - tic)
+        preempted = should_checkpoint_and_exit()  # SLURM's SIGUSR1 / SIGTERM before a kill
+        if ((round_index + 1) % settings.checkpoint_every == 0 or round_index + 1 == n_rounds
+                or preempted) and accelerator.is_main_process:
+            checkpoints.save(checkpoint_dir, round_index + 1, step, unet, optimizer, log_lines)
+        accelerator.wait_for_everyone()
+        if preempted:
+            log.warning("signal %s: checkpoint of round %d written to %s; rerun to resume",
+                        received_signal(), round_index + 1, checkpoint_dir)
+            raise SystemExit(PREEMPTED_EXIT_CODE)
+    if accelerator.is_main_process:  # every rank holds the same LoRA: one writes it
+        with atomic_path(out_dir, is_dir=True) as tmp:
+            save_lora_diffusers(pipeline_class, unet, tmp)
+            (tmp / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in log_lines))
+            write_json_atomic(tmp / "provenance.json", provenance("train", resolved or {}))
+    accelerator.wait_for_everyone()
+    return {"rounds": n_rounds, "steps": step,
+            "final_loss": next((l["loss"] for l in reversed(log_lines) if l.get("loss") is not None), math.nan)}
+
+
+def all_round_prompts(prompts: list[str], settings: TrainSettings, round_index: int,
+                      world: int) -> list[str]:
+    """Every process's prompts of a round, rank after rank (a deterministic function of the round)."""
+    return [p for r in range(world) for p in round_prompts(prompts, settings, round_index, world, r)]
