@@ -2,19 +2,38 @@
 
 One loader for SD-1.5 and SDXL; the family only picks the pipeline class. Every part is a config
 ``source`` (see ``spo.models.sources``), so hub models with pinned revisions, local folders and the
-tiny stand-ins the DAG builds all go through the same code.
+tiny stand-ins the DAG builds all go through the same code. The released checkpoints come in four
+layouts, all read here (config/released.yaml lists the rows; tests/integration/test_released.py
+writes a tiny checkpoint in each layout):
+
+* a merged pipeline (``SPO-Diffusion-Models/SPO-*_4k-p_10ep``): a ``models`` entry of its own;
+* a UNet in a ``unet/`` subfolder (``mhdang/dpo-*-text2image-v1``): ``methods.<m>.unet`` with
+  ``subfolder: unet``;
+* a UNet at the repository root (``mapo-t2i/mapo-beta``): ``methods.<m>.unet`` without subfolder;
+* a LoRA file (``SPO-*_LoRA``): ``methods.<m>.lora`` with ``file:``.
+
+A LoRA whose keys reach no module of the base model is an error here, not diffusers' logged
+warning and an unchanged model (RockeyCoss/SPO#25, "no modules changed"): see ``_check_lora``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from spo.models.sources import fetch_file, from_pretrained, local_root
+from spo.models.sources import fetch_file, from_pretrained
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights default name
+# Pipeline components a LoRA file can address, by the key prefix diffusers gives them.
+LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+class LoraMismatchError(ValueError):
+    """A LoRA file does not fit the base model: its keys reach no (or not every) module."""
 
 
 def pipeline_class(family: str):
@@ -66,32 +85,111 @@ def load_method_pipeline(config: dict[str, Any], method: str, *, models_root: st
         models_root: folder of the DAG-built tiny models (``results/models``).
         train_root: folder of trained methods' outputs (``results/train/<method>`` holds the LoRA).
         dtype: one of ``DTYPES``; device: a torch device string.
+
+    Raises:
+        LoraMismatchError: the method's LoRA changes no module, or not every module it names.
     """
     method_cfg = config["methods"][method]
     pipe = load_model_pipeline(config, method_cfg["model"], models_root=models_root, dtype=dtype,
                                device="cpu", unet_source=method_cfg.get("unet"))
     if "lora" in method_cfg:
-        _load_lora(pipe, method_cfg["lora"], method)
+        _load_lora(pipe, method_cfg["lora"], method, key=f"methods.{method}.lora")
     elif "train" in method_cfg:
         trained = Path(train_root) / method
-        if not (trained / "pytorch_lora_weights.safetensors").is_file():
+        if not (trained / LORA_WEIGHTS).is_file():
             raise FileNotFoundError(f"method '{method}' is trained but '{trained}' holds no "
-                                    f"pytorch_lora_weights.safetensors; run its training first "
-                                    f"(snakemake {trained})")
-        _load_lora(pipe, {"path": str(trained)}, method)
+                                    f"{LORA_WEIGHTS}; run its training first (snakemake {trained})")
+        _load_lora(pipe, {"path": str(trained)}, method,
+                   key=f"methods.{method}.train (its output {trained})")
     return pipe.to(device)
 
 
-def _load_lora(pipe, spec: dict[str, Any], method: str) -> None:
-    """Load a diffusers-format LoRA (``pytorch_lora_weights.safetensors``) into ``pipe``."""
+def _load_lora(pipe, spec: dict[str, Any], method: str, *, key: str) -> None:
+    """Load a LoRA file into ``pipe`` as adapter ``method``, then check that it took effect.
+
+    ``spec`` is a source: a hub repository or a local folder with ``file:`` (default
+    ``pytorch_lora_weights.safetensors``), or a local file. Diffusers maps its own layout and the
+    kohya/webui one; ``sha256:`` is verified when given.
+    """
     if "tiny" in spec:
-        raise ValueError(f"config key 'methods.{method}.lora' cannot be tiny; give a path or a hub id")
-    weight_name = spec.get("file", "pytorch_lora_weights.safetensors")
-    root = local_root(spec, None)
-    if root is None:
-        path = fetch_file({**spec, "file": weight_name})
-        folder = path.parent
-    else:
-        folder = root if root.is_dir() else root.parent
-        weight_name = weight_name if root.is_dir() else root.name
-    pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=method)
+        raise ValueError(f"config key '{key}' cannot be tiny; give `path:` or a hub `id`/`revision`")
+    path = fetch_file(spec, default_file=LORA_WEIGHTS)
+    try:
+        # diffusers' own reading and key conversion, so the check below sees the keys it loads
+        state, _ = pipe.lora_state_dict(str(path.parent), weight_name=path.name)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise LoraMismatchError(f"config key '{key}': '{path}' is not a LoRA file diffusers can "
+                                f"read ({type(exc).__name__}: {first}); {_LORA_FIX}") from exc
+    try:
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=method)
+    except (ValueError, KeyError, RuntimeError) as exc:  # e.g. shape mismatch: other architecture
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise LoraMismatchError(f"config key '{key}': the LoRA '{path}' of method '{method}' does "
+                                f"not fit this base model: {'; '.join(lines[:3])}; {_LORA_FIX}") from exc
+    _check_lora(pipe, state, method, path, key)
+
+
+_LORA_FIX = ("use the LoRA released for this base model (an SD-1.5 LoRA on an sd15 model, an SDXL "
+             "LoRA on an sdxl one; the SPO repositories' `*_lora_diffusers.safetensors`), or fix "
+             "the method's `model:`")
+# The end of a LoRA tensor's key after the module path, in the layouts diffusers reads: peft
+# (lora_A/B), diffusers (lora.down/up, lora_linear_layer.down/up), kohya (lora_down/up, alpha).
+_LORA_SUFFIX = re.compile(r"\.(lora(_linear_layer)?\.(down|up)|lora_[AB]|lora_(down|up))"
+                          r"(\.[A-Za-z0-9_-]+)?\.weight$|\.alpha$|\.lora_magnitude_vector$")
+# The old attention-processor layout: '<attn>.processor.to_q_lora.down.weight' is '<attn>.to_q'.
+_LORA_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+
+
+def lora_module_of(key: str) -> tuple[str, str] | None:
+    """(component, module path) a converted LoRA key addresses; None when the key has no such form.
+
+    >>> lora_module_of("unet.mid_block.attentions.0.proj_in.lora.down.weight")
+    ('unet', 'mid_block.attentions.0.proj_in')
+    """
+    component, _, rest = key.partition(".")
+    if component not in LORA_COMPONENTS or not rest:
+        return None
+    old = _LORA_PROCESSOR.search(rest)
+    if old:
+        name = old.group(1) + (".0" if old.group(1) == "to_out" else "")
+        return component, rest[:old.start()] + "." + name
+    module = _LORA_SUFFIX.sub("", rest)
+    return (component, module) if module != rest else None
+
+
+def _check_lora(pipe, state: dict[str, Any], method: str, path: Path, key: str) -> None:
+    """Raise unless every tensor of the LoRA file landed in an adapter layer named ``method``.
+
+    Diffusers only logs a warning for keys that match no module (and nothing at all when no key
+    has a known prefix), so a LoRA for another architecture or in a layout it cannot map would
+    leave the model unchanged and the table row would silently be the base model.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    adapted: dict[str, set[str]] = {}
+    for component in LORA_COMPONENTS:
+        module = getattr(pipe, component, None)
+        adapted[component] = set() if module is None else {
+            name for name, m in module.named_modules()
+            if isinstance(m, BaseTunerLayer) and method in getattr(m, "lora_A", {})}
+
+    def reached(k: str) -> bool:
+        target = lora_module_of(k)
+        if target is None:
+            return False
+        # CLIP text encoders lost their `text_model.` level in transformers 5; LoRA files keep it
+        names = adapted[target[0]]
+        return target[1] in names or target[1].removeprefix("text_model.") in names
+
+    unmatched = [k for k in state if not reached(k)]
+    if not unmatched and state:
+        return
+    changed = sum(len(names) for names in adapted.values())
+    what = ("changes no module of the pipeline" if changed == 0 else
+            f"has {len(unmatched)} of {len(state)} tensors that match no module of the pipeline "
+            f"(they would be dropped, the rest applied)")
+    raise LoraMismatchError(
+        f"config key '{key}': the LoRA '{path}' of method '{method}' {what}; first unmatched keys: "
+        f"{', '.join(unmatched[:5]) or '(the file holds no LoRA tensors)'}. Loading it as is would "
+        f"make the row the base model (the 'no modules changed' of RockeyCoss/SPO#25); {_LORA_FIX}")
