@@ -93,12 +93,21 @@ def trained_steps(timesteps: torch.Tensor, steps_offset: int, timestep_range: tu
 
 @torch.no_grad()
 def sample_pairs(backbone: Backbone, scheduler, prompts: Sequence[str], preference,
-                 settings: SamplerSettings, generator: torch.Generator) -> tuple[PairBatch, dict]:
+                 settings: SamplerSettings, generator: torch.Generator,
+                 dump_examples: int = 0) -> tuple[PairBatch, dict]:
     """Sample one trajectory per prompt and collect the accepted win / lose transitions.
+
+    Args:
+        dump_examples: keep the decoded x̂0 of winner and loser of N accepted pairs (Figure 5):
+            the first accepted pair of each window, N windows evenly spread over the trajectory;
+            nothing else depends on it, and it draws no random numbers.
 
     Returns:
         the accepted pairs, and statistics: ``pairs_total``, ``pairs_accepted``,
-        ``score_mean`` / ``score_std`` over every scored candidate, ``final_latents`` (B, C, h, w).
+        ``score_mean`` / ``score_std`` over every scored candidate, ``final_latents`` (B, C, h, w),
+        and ``examples``: up to ``dump_examples`` dicts with ``t`` (the window's first transition),
+        ``t_scored`` (the timestep of the scored x̂0), ``prompt``, ``score_win`` / ``score_lose`` and
+        the images ``win`` / ``lose`` ((3, H, W) float in [0, 1], CPU).
     """
     scheduler.set_timesteps(settings.num_inference_steps)
     timesteps = scheduler.timesteps.cpu()
@@ -114,7 +123,7 @@ def sample_pairs(backbone: Backbone, scheduler, prompts: Sequence[str], preferen
     device = backbone.device
     x = backbone.initial_latents(n, generator)
     eps_x = None  # eps of the current x at the current step, when already computed
-    parts, all_scores, total = [], [], 0
+    parts, all_scores, total, examples = [], [], 0, []
 
     def full(t, size):
         return torch.full((size,), int(t), dtype=torch.long, device=device)
@@ -151,13 +160,20 @@ def sample_pairs(backbone: Backbone, scheduler, prompts: Sequence[str], preferen
             x0 = predict_x0(schedule, eps_cmp.float(), cur.float(), t_cmp)
         else:  # the window reaches the end: score the final sample itself, at t = 0
             t_cmp, eps_cmp, x0 = full(0, n * k), None, cur
-        scores = preference(backbone.decode(x0), prompts_k, t_cmp).float().cpu().view(n, k)
+        decoded = backbone.decode(x0)
+        scores = preference(decoded, prompts_k, t_cmp).float().cpu().view(n, k)
         all_scores.append(scores.flatten())
         win, lose, accepted = select_pairs(scores, threshold=settings.threshold,
                                            mode=settings.pair_mode, generator=generator)
         total += n * width
         keep = torch.nonzero(accepted).flatten()
         wi, li = keep * k + win[keep], keep * k + lose[keep]
+        for a, b in zip(wi.tolist()[:1 if dump_examples else 0], li.tolist()):
+            examples.append({"t": int(timesteps[i]), "t_scored": int(t_cmp[0]),
+                             "prompt": prompts_k[a], "score_win": float(scores.view(-1)[a]),
+                             "score_lose": float(scores.view(-1)[b]),
+                             "win": decoded[a].float().cpu(), "lose": decoded[b].float().cpu()})
+        del decoded
         for s in range(width):
             parts.append(PairBatch(
                 xt_w=starts[s][wi].cpu(), xt_l=starts[s][li].cpu(), x_w=nexts[s][wi].cpu(),
@@ -171,10 +187,13 @@ def sample_pairs(backbone: Backbone, scheduler, prompts: Sequence[str], preferen
         x = cur[chosen.to(cur.device)]
         eps_x = None if eps_cmp is None else eps_cmp[chosen.to(cur.device)]
         i = end
+    if len(examples) > dump_examples:  # N windows evenly spread over t
+        step = (len(examples) - 1) / max(1, dump_examples - 1)
+        examples = [examples[round(j * step)] for j in range(dump_examples)]
     pairs = PairBatch.cat(parts) if parts else None
     scores = torch.cat(all_scores) if all_scores else torch.zeros(0)
     stats = {"pairs_total": total, "pairs_accepted": 0 if pairs is None else len(pairs),
              "score_mean": float(scores.mean()) if len(scores) else float("nan"),
              "score_std": float(scores.std()) if len(scores) > 1 else float("nan"),
-             "final_latents": x.cpu()}
+             "final_latents": x.cpu(), "examples": examples}
     return pairs, stats

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -149,6 +150,32 @@ def average_gradients(params, world: int) -> None:
         p.grad /= world
 
 
+def write_examples(folder: Path, examples: dict[int, list]) -> None:
+    """Figure 5's dump: ``round-<r>_<i>_{win,lose}.png`` and ``index.json`` (one entry per pair).
+
+    Adds to what ``folder`` holds (entries of other rounds are kept), so the first round's
+    examples, written beside the checkpoints, survive a resumed run.
+    """
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    index_path = folder / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else []
+    index = [e for e in index if e["round"] not in examples]
+    for round_index, items in sorted(examples.items()):
+        for i, ex in enumerate(items):
+            entry = {"round": round_index, "pair": i, "t": ex["t"], "t_scored": ex["t_scored"],
+                     "prompt": ex["prompt"], "score_win": ex["score_win"], "score_lose": ex["score_lose"]}
+            for side in ("win", "lose"):
+                name = f"round-{round_index:05d}_{i:03d}_{side}.png"
+                pixels = (ex[side].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                Image.fromarray(pixels).save(folder / name)
+                entry[side] = name
+            index.append(entry)
+    index.sort(key=lambda e: (e["round"], e["pair"]))
+    write_json_atomic(index_path, index)
+
+
 def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference,
               settings: TrainSettings, out_dir: str | Path, checkpoint_dir: str | Path,
               accelerator=None, resolved: dict | None = None) -> dict[str, Any]:
@@ -172,12 +199,17 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
     if start_round:
         log.info("resuming at round %d/%d (step %d) from %s", start_round, n_rounds, step, checkpoint_dir)
     schedule = None
+    examples_dir = Path(checkpoint_dir) / "examples"  # Figure 5 (train.dump_examples)
     for round_index in range(start_round, n_rounds):
         tic = time.perf_counter()
         batch_prompts = round_prompts(prompts, settings, round_index, world, rank)
         unet.eval()
+        dump = settings.dump_examples if round_index in (0, n_rounds - 1) else 0
         pairs, stats = sample_pairs(backbone, backbone.pipe.scheduler, batch_prompts, preference,
-                                    settings.sampler(), _generator(settings.seed, "sample", round_index, rank))
+                                    settings.sampler(), _generator(settings.seed, "sample", round_index, rank),
+                                    dump_examples=dump)
+        if stats.get("examples") and accelerator.is_main_process:
+            write_examples(examples_dir, {round_index: stats["examples"]})
         schedule = schedule or DDIMSchedule.from_scheduler(backbone.pipe.scheduler,
                                                            settings.num_inference_steps)
         # Pairs move between processes, so they index the prompts of the whole round (all ranks'
@@ -236,6 +268,8 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
         with atomic_path(out_dir, is_dir=True) as tmp:
             save_lora_diffusers(pipeline_class, unet, tmp)
             (tmp / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in log_lines))
+            if settings.dump_examples and examples_dir.is_dir():
+                shutil.copytree(examples_dir, tmp / "examples")
             write_json_atomic(tmp / "provenance.json", provenance("train", resolved or {}))
     accelerator.wait_for_everyone()
     return {"rounds": n_rounds, "steps": step,
