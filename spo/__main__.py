@@ -7,9 +7,14 @@ Stages (each a thin wrapper over a library function, so tests call the functions
     score        one metric over generation shards
     train        train a method's LoRA with SPO / MSPO
     tables       summary tables from score files
+    paper-tables the paper's Tables 1, 2, 4-9 beside ours, from score files (results/paper_tables)
     spm-pairs    preference pairs for the SPM (tiny: generated; paper: Pick-a-Pic)
     spm-latents  cache the VAE latents of a pairs folder
     train-spm    train a step-aware preference model; writes the validation CSV
+    figure       one of the paper's figures (``figures.<name>``) as a PNG under results/figures
+    geneval-layout  generation shards in GenEval's folder layout (Table 3)
+    geneval-table   Table 3 from GenEval's results.jsonl where the user put it (else: "not run")
+    table-html   a results table (CSV) as a self-contained HTML page for the Snakemake report
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--checkpoints", required=True, help="folder of resumable checkpoints")
     p.add_argument("--models-root", default="results/models")
+    p.add_argument("--pairs", default=None,
+                   help="offline trainers (diffusion-dpo): the pairs folder of train.diffusion_dpo.data")
+    p.add_argument("--latents", default=None, help="offline trainers: a latent cache of those pairs")
 
     p = stage("score", "score generation shards with one or more metrics")
     p.add_argument("--metric", nargs="+", required=True, help="metric names (one output file)")
@@ -64,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("tables", "summary tables with bootstrap CIs")
     p.add_argument("--scores", nargs="+", required=True, help="score Parquet files")
+
+    p = stage("paper-tables", "the paper's tables beside ours (paper, ours, ours - paper, CI)")
+    p.add_argument("--scores", nargs="*", default=[], help="score Parquet files of the tables' rows")
+    p.add_argument("--tables", nargs="+", type=int, default=None,
+                   help="table numbers (default: every rebuilt table: 1 2 4 5 6 7 8 9)")
+    p.add_argument("--paper-numbers", default=None, help="default: data/paper/tables.yaml")
     p = stage("spm-pairs", "preference pairs of one spm dataset split (Parquet folder)")
     p.add_argument("--dataset", required=True, help="a key of spm.datasets")
     p.add_argument("--split", required=True, choices=["train", "validation"])
@@ -84,6 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-csv", required=True, help="accuracy against t, written here")
     p.add_argument("--checkpoints", required=True, help="resumable checkpoints (kept on failure)")
     p.add_argument("--models-root", default="results/models")
+
+    p = stage("geneval-layout", "generation shards in GenEval's folder layout")
+    p.add_argument("--method", required=True)
+    p.add_argument("--shards", nargs="+", required=True, help="generation shard folders")
+    p.add_argument("--metadata", required=True, help="GenEval's evaluation_metadata.jsonl")
+
+    p = stage("geneval-table", "Table 3 (GenEval) from imported results.jsonl files")
+    p.add_argument("--layouts", nargs="*", default=[], help="GenEval layout folders, one per method")
+
+    p = stage("table-html", "render a results table (CSV) as HTML for the report")
+    p.add_argument("--csv", required=True)
+
+    p = stage("figure", "one figure (figures.<name>): PNG plus the numbers behind it")
+    p.add_argument("name", help="a key of `figures` (figure2, figure6, compute, ...)")
+    p.add_argument("--inputs", nargs="*", default=[], help="the result files / folders it reads")
+    p.add_argument("--models-root", default="results/models")
+    p.add_argument("--benchmarks", default="results/benchmarks", help="compute: benchmark folder")
+    p.add_argument("--gpus", default="{}", help="compute: JSON {stage: GPUs per job} of the rules")
     return parser
 
 
@@ -98,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     threads = args.threads or int(os.environ.get("SPO_THREADS", "0"))
-    if threads and args.stage != "tables":
+    if threads and args.stage not in _NO_TORCH_STAGES:
         import torch
 
         torch.set_num_threads(threads)
@@ -150,7 +182,7 @@ def _train(config, args) -> int:
     from spo.training.stage import train_method
 
     train_method(config, args.method, args.out, checkpoint_dir=args.checkpoints,
-                 models_root=args.models_root)
+                 models_root=args.models_root, pairs=args.pairs, latents=args.latents)
     return 0
 
 
@@ -168,16 +200,86 @@ def _tables(config, args) -> int:
     return 0
 
 
+def _paper_tables(config, args) -> int:
+    from spo.report.paper_tables import REBUILT_TABLES, PaperTableError, build_paper_tables
+
+    try:
+        build_paper_tables(config, args.scores, args.out, tables=args.tables or REBUILT_TABLES,
+                           numbers_path=args.paper_numbers)
+    except PaperTableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _spm(config, args) -> int:
     from spo.spm.stage import run_stage
 
     return run_stage(config, args)
 
 
+def _geneval_layout(config, args) -> int:
+    from spo.config import images_per_prompt
+    from spo.report.geneval import read_metadata, write_layout
+
+    spec = config["geneval"]
+    metadata = read_metadata(args.metadata, spec["metadata"]["sha256"])
+    write_layout(args.shards, metadata, args.out,
+                 images_per_prompt=images_per_prompt(config, spec["prompt_set"]))
+    return 0
+
+
+def _geneval_table(config, args) -> int:
+    from pathlib import Path
+
+    from spo.report.geneval import write_table3
+
+    layouts = {Path(p).parent.name: p for p in args.layouts}  # results/geneval/<method>/images
+    write_table3(config, layouts, args.out)
+    return 0
+
+
+def _table_html(config, args) -> int:
+    from spo.report.html_table import csv_to_html
+
+    csv_to_html(args.csv, args.out)
+    return 0
+
+
+_NO_TORCH_STAGES = {"tables", "paper-tables", "geneval-layout", "geneval-table", "table-html"}
+
 _STAGES = {"tiny-model": _tiny_model, "generate": _generate, "fetch-prompts": _fetch_prompts,
            "train": _train, "score": _score,
-           "tables": _tables,
-           "spm-pairs": _spm, "spm-latents": _spm, "train-spm": _spm}
+           "tables": _tables, "paper-tables": _paper_tables,
+           "spm-pairs": _spm, "spm-latents": _spm, "train-spm": _spm,
+           "geneval-layout": _geneval_layout, "geneval-table": _geneval_table,
+           "table-html": _table_html}
+
+def _figure(config, args) -> int:
+    import json
+
+    from spo.report.figures import FigureError, make_figure
+
+    extra = {}
+    if args.name == "disagreement":  # the only figure that runs a network (the predictor)
+        extra["models_root"] = args.models_root
+        threads = args.threads or int(os.environ.get("SPO_THREADS", "0"))
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+    if args.name == "compute":
+        extra.update(gpus=json.loads(args.gpus), benchmarks=args.benchmarks)
+    try:
+        make_figure(config, args.name, args.inputs, args.out, **extra)
+    except FigureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+_STAGES["figure"] = _figure  # issue 7: the figures (spo/report/figures.py)
+_NO_TORCH_STAGES.add("figure")
 
 if __name__ == "__main__":
     sys.exit(main())

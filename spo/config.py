@@ -42,11 +42,14 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """Merge ``overlay`` into a copy of ``base``; nested dicts merge, everything else replaces.
 
     A model ``source`` mapping replaces the one below it whole: merging ``{tiny: ...}`` with
-    ``{id: ..., revision: ...}`` key by key would give a source that is both.
+    ``{id: ..., revision: ...}`` key by key would give a source that is both. ``key: null`` in the
+    overlay removes the key (``spm: null`` in a profile that trains nothing).
     """
     out = copy.deepcopy(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _is_source(value):
+        if value is None and key in out:
+            del out[key]
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and not _is_source(value):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -75,7 +78,11 @@ def resolve_extends(config: dict[str, Any], root: str | Path = ".", _seen: tuple
 
 
 def resolve_method_templates(config: dict[str, Any]) -> dict[str, Any]:
-    """Expand ``methods.<name>.like: <other>``: a copy of the other method, overridden key by key."""
+    """Expand ``methods.<name>.like: <other>``: a copy of the other method, overridden key by key.
+
+    The copy has neither the other method's ``label`` nor its ``paper`` rows (a variant is a row of
+    its own).
+    """
     methods = config.get("methods")
     if not isinstance(methods, dict):
         return config
@@ -95,7 +102,7 @@ def resolve_method_templates(config: dict[str, Any]) -> dict[str, Any]:
         if parent in chain + (name,):
             raise ConfigError(f"config key 'methods.{name}.like' makes a cycle: "
                               f"{' -> '.join(chain + (name, parent))}")
-        base = {k: v for k, v in expand(parent, chain + (name,)).items() if k not in ("label", "paper_row")}
+        base = {k: v for k, v in expand(parent, chain + (name,)).items() if k not in ("label", "paper")}
         resolved[name] = deep_merge(base, {k: v for k, v in spec.items() if k != "like"})
         return resolved[name]
 
@@ -134,7 +141,22 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _schema_error_message(error) -> str:
+def _at(config: Any, path: list) -> Any:
+    for key in path:
+        config = config[key] if isinstance(config, (dict, list)) else None
+    return config
+
+
+def _unpinned_message(where: str, hub_id: str, revision: str | None) -> str:
+    """A hub model or checkpoint without a pinned commit: name the key, the id and the fix."""
+    got = "no `revision:`" if revision is None else f"revision {revision!r}, not a full commit hash"
+    return (f"config key '{where}' names hub id '{hub_id}' with {got}; a branch or tag can move and "
+            f"silently change the row. Pin it: add `revision: <40-hex commit>` (look it up with "
+            f"`python -c \"import huggingface_hub as h; print(h.model_info('{hub_id}').sha)\"` or on "
+            f"the repository's 'Files and versions' page), or set `path:` to a local copy instead")
+
+
+def _schema_error_message(error, config: Any = None) -> str:
     """Turn one jsonschema ValidationError into a message that names the key and the fix."""
     where = _key_path(error.absolute_path)
     if error.validator == "additionalProperties":
@@ -153,8 +175,14 @@ def _schema_error_message(error) -> str:
     if error.validator == "enum":
         return (f"config key '{where}' has value {error.instance!r}; allowed values: "
                 f"{', '.join(map(repr, error.validator_value))}")
+    if error.validator == "pattern" and error.absolute_path and error.absolute_path[-1] == "revision":
+        source = _at(config, list(error.absolute_path)[:-1])
+        return _unpinned_message(where.rsplit(".", 1)[0], (source or {}).get("id", "?"), error.instance)
     if error.validator == "oneOf":
         got = sorted(error.instance) if isinstance(error.instance, dict) else error.instance
+        if (isinstance(error.instance, dict) and "id" in error.instance
+                and "revision" not in error.instance and not {"path", "tiny"} & set(error.instance)):
+            return _unpinned_message(where, error.instance["id"], None)
         if "revision" in str(error.validator_value) and "tiny" in str(error.validator_value):
             return (f"config key '{where}' must give exactly one of: {{id, revision}} (hub, with a "
                     f"pinned revision), {{path}} (local folder or file) or {{tiny}}; got {got!r}")
@@ -172,7 +200,7 @@ def validate_config(config: dict[str, Any]) -> None:
 
     validator = jsonschema.Draft202012Validator(config_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    messages = [_schema_error_message(e) for e in errors]
+    messages = [_schema_error_message(e, config) for e in errors]
     if not messages:
         messages = _cross_reference_errors(config)
     if messages:
@@ -211,6 +239,10 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
         if scorer not in known:
             out.append(f"config key 'metrics.{name}' names scorer '{scorer}', which does not exist"
                        f"{_suggest(scorer, known)}; available: {', '.join(sorted(known))}")
+    if config.get("figures"):  # issue 7: methods and prompt sets the figures name
+        from spo.report.figures import check_figures
+
+        out += check_figures(config)
     return out
 
 

@@ -17,7 +17,11 @@ def test_paper_profile_protocol(repo_root):
     assert (gen["scheduler"], gen["num_inference_steps"], gen["guidance_scale"]) == ("ddim", 20, 5.0)
     assert config["prompt_sets"]["pickapic-val"]["count"] == 500
     for model in config["models"].values():
-        assert len(model["source"]["revision"]) == 40  # pinned commits, never a branch
+        if "id" in model["source"]:  # hub models: pinned commits, never a branch
+            assert len(model["source"]["revision"]) == 40
+        else:  # a local folder the user provides (the LoRA-transfer target)
+            assert "path" in model["source"]
+    assert sum("id" in m["source"] for m in config["models"].values()) >= 2
     assert not any("tiny" in m["source"] for m in config["models"].values())
 
 

@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from spo.config import ConfigError, evaluated_pairs, evaluated_prompt_sets, resolve_config, validate_config
+from spo.config import ConfigError, evaluated_methods, evaluated_pairs, evaluated_prompt_sets, resolve_config, validate_config
 from spo.io import stable_hash, write_text_atomic
 
 import yaml
@@ -130,6 +130,12 @@ def generate_inputs(wildcards):
     inputs = {**tiny_model_inputs(wildcards), **prompt_file_inputs(wildcards)}
     if "train" in CONFIG["methods"][wildcards.method]:
         inputs["lora"] = f"results/train/{wildcards.method}"
+    # A released-style `lora: {path: results/train/<m>}` that points at another method's training
+    # output (LoRA transfer, the figures' lora_transfer): generation waits for that training.
+    lora_path = (CONFIG["methods"][wildcards.method].get("lora") or {}).get("path", "")
+    parts = Path(lora_path).parts
+    if parts[:2] == ("results", "train") and len(parts) >= 3 and "train" in CONFIG["methods"].get(parts[2], {}):
+        inputs["lora"] = f"results/train/{parts[2]}"
     return inputs
 
 
@@ -137,10 +143,19 @@ def train_inputs(wildcards):
     """What training a method reads: its base model, training prompts and preference model."""
     train = CONFIG["methods"][wildcards.method]["train"]
     inputs = tiny_model_inputs(wildcards)
+    if train.get("algorithm") == "diffusion-dpo":
+        # Offline: the train split of the pair dataset (prompts and labels included; the tiny
+        # pairs carry their latents, real ones are VAE-encoded by the trainer).
+        inputs["pairs"] = f"results/spm/pairs/{train['diffusion_dpo']['data']}/train"
+        return inputs
     inputs.update(prompt_source_inputs(train["prompts"]))
     preference = train.get("preference") or {}
     if preference.get("name") in ("spm", "spm-no-step") and "run" in preference:
         inputs["preference"] = f"{MODELS_ROOT}/spm/{preference['run']}"
+    # `pickscore` without a `path` reads the SPM's initialisation; the tiny one is a DAG output.
+    spm_init = ((CONFIG.get("spm") or {}).get("pickscore") or {}).get("model", {})
+    if preference.get("name") == "pickscore" and "path" not in preference and "tiny" in spm_init:
+        inputs["preference"] = f"{MODELS_ROOT}/spm-init/pickscore"
     return inputs
 
 

@@ -45,12 +45,19 @@ def _is_tiny(source):
     return "tiny" in source
 
 
+def _is_trained_output(source):
+    """A `path:` into results/train/<m> of a method of this config: sized by <m>'s base model."""
+    parts = Path(source.get("path", "")).parts
+    return parts[:2] == ("results", "train") and len(parts) >= 3 and parts[2] in CONFIG["methods"]
+
+
 def _job_kind(rule_name, wildcards):
     """'gpu' when the job loads a real network, else 'cpu'."""
     if rule_name in ("generate", "train"):
         method = CONFIG["methods"][wildcards.method]
         sources = [CONFIG["models"][method["model"]]["source"]]
-        sources += [method[key] for key in ("unet", "lora") if key in method]
+        sources += [method[key] for key in ("unet", "lora") if key in method
+                    and not _is_trained_output(method[key])]
         return "cpu" if all(_is_tiny(s) for s in sources) else "gpu"
     if rule_name in ("spm_latents", "train_spm"):
         model = wildcards.model if rule_name == "spm_latents" else _spm_run(wildcards.run)["model"]

@@ -14,10 +14,20 @@ def _spm_dataset_is_tiny(dataset):
     return "tiny" in _spm()["datasets"][dataset]
 
 
+def _used_spm_runs():
+    """SPM runs an evaluated method trains with (the spm_accuracy figure asks for the others)."""
+    runs = []
+    for method in evaluated_methods(CONFIG):
+        pref = (CONFIG["methods"][method].get("train") or {}).get("preference") or {}
+        if pref.get("name") in ("spm", "spm-no-step") and pref.get("run") in _spm()["runs"]:
+            runs.append(pref["run"])
+    return list(dict.fromkeys(runs))
+
+
 def spm_files():
     return [
         out
-        for run in _spm()["runs"]
+        for run in _used_spm_runs()
         for out in (f"{MODELS_ROOT}/spm/{run}", f"results/spm/{run}/validation.csv")
     ]
 

@@ -5,7 +5,18 @@ rule tables:
     input:
         scores=score_files(),
     output:
-        table_files(),
+        # Marked for the Snakemake report (workflow/report/): Tables > <prompt set>, as downloads;
+        # workflow/rules/report.smk adds each table's inline HTML view.
+        [
+            report(
+                f,
+                caption="../report/tables.rst",
+                category="Tables",
+                subcategory=Path(f).stem,
+                labels={"table": Path(f).stem, "format": Path(f).suffix.lstrip(".").upper()},
+            )
+            for f in table_files()
+        ],
     params:
         fingerprint=tables_fingerprint,
         out_dir=tables_dir,
