@@ -50,8 +50,15 @@ def test_tiny_profile_asks_for_no_gpu(checkout):
 def test_paper_profile_through_the_slurm_profile_shows_every_gpu_job(checkout):
     jobs = dry_run(checkout, "--profile", "profiles/slurm", "--configfile", "config/paper.yaml")
     generate = jobs["generate"]
-    # 4 methods (2 base models, SPO, MSPO) x (10 Pick-a-Pic shards + 2 figure prompt sets)
-    assert len(generate) == 4 * (10 + 1 + 1)
+    # Every evaluated (method, prompt set) shard of the paper profile, plus the generation that
+    # figures and GenEval ask for beside the evaluation groups.
+    from spo.config import evaluated_pairs, load_config
+    from spo.prompts import count_prompts, num_shards
+
+    config = load_config([checkout / "config" / "paper.yaml"], root=checkout)
+    shards = sum(num_shards(count_prompts(config["prompt_sets"][p], checkout),
+                            config["generation"]["shard_size"]) for _, p in evaluated_pairs(config))
+    assert shards >= 4 * (10 + 1 + 1) and len(generate) >= shards, (len(generate), shards)
     for r in generate:
         assert (r["gpu"], r["mem_mb"], r["runtime"], r["cpus_per_task"]) == ("1", "32000", "120", "4")
         assert r["slurm_partition"] == "CHANGE-ME-partition"  # the profile's placeholder

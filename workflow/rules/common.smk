@@ -166,7 +166,9 @@ def train_fingerprint(wildcards):
 
 
 def train_checkpoints(wildcards):
-    return f"results/checkpoints/train/{wildcards.method}"
+    # One folder per training fingerprint: a run whose `train:` block (or base model) changed
+    # must start afresh, not resume the old run's checkpoints.
+    return f"results/checkpoints/train/{wildcards.method}/{train_fingerprint(wildcards)}"
 
 
 def train_launcher(wildcards, resources):

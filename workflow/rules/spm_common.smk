@@ -93,4 +93,5 @@ def spm_data_fingerprint(wildcards):
 
 
 def spm_checkpoints(wildcards):
-    return f"results/spm/{wildcards.run}/checkpoints"
+    # Per fingerprint: a changed run or data set starts afresh instead of resuming stale state.
+    return f"results/spm/{wildcards.run}/checkpoints/{spm_run_fingerprint(wildcards)}"
