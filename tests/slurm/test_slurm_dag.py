@@ -119,8 +119,9 @@ def test_tiny_dag_through_slurm_gives_the_local_tables(local_slurm, slurm_checko
     assert submitted >= 10 and len(slurm_logs) == submitted, (submitted, slurm_logs)
     assert list((slurm_checkout / "results/logs/slurm/rule_generate").rglob("*.log"))
 
-    tables = sorted((local_dir / "results/tables").glob("*.csv"))
-    assert tables
+    # The per-prompt-set summary tables of the prompt sets both runs evaluate.
+    tables = [local_dir / "results/tables" / f"{p}.csv" for p in SLURM_PROMPT_SETS]
+    assert all(t.is_file() for t in tables), tables
     for local_csv in tables:
         slurm_csv = slurm_checkout / "results/tables" / local_csv.name
         local = pd.read_csv(local_csv)

@@ -1,4 +1,4 @@
-# The paper's figures (issue 7): one rule per block of the config's `figures:`, each a thin
+# The paper's figures (issue 7): one job per block of the config's `figures` section, each a thin
 # `python -m spo figure <name>` call (spo/report/figures.py). Outputs: results/figures/<name>.png
 # (in the Snakemake report, category "Figures", caption workflow/report/figure_<name>.rst) and
 # <name>.json, the numbers behind it.
