@@ -29,7 +29,6 @@ and provenance.json, exactly as ``train_spo`` writes them.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -41,16 +40,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from spo.checkpoint import (PREEMPTED_EXIT_CODE, install_signal_handlers, received_signal,
-                            should_checkpoint_and_exit)
-from spo.io import atomic_path, provenance, write_json_atomic
+from spo.checkpoint import install_signal_handlers
 from spo.models.backbone import Backbone, Conditioning
 from spo.seeds import image_seed
 from spo.training import checkpoints
 from spo.training.dpo_data import PairSource, pair_latents
-from spo.training.lora import reference_mode, save_lora_diffusers
+from spo.training.lora import reference_mode
+from spo.training.loop import end_of_unit, optimizer_step, save_state, stop_if_not_finite, write_outputs
 from spo.training.settings import TrainSettings
-from spo.training.spo_trainer import NonFiniteLossError, average_gradients, trainable_lora
+from spo.training.spo_trainer import trainable_lora
 
 log = logging.getLogger(__name__)
 KEY = "train.diffusion_dpo"
@@ -254,44 +252,28 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
             rows = source.rows_of(entries[j * dpo.micro_batch:(j + 1) * dpo.micro_batch])
             with accelerator.autocast():
                 out = micro_loss(backbone, rows, dpo, _generator(settings.seed, step, rank, j), dtype)
-            if not torch.isfinite(out["loss"]):
-                if accelerator.is_main_process:
-                    checkpoints.save(checkpoint_dir, step, step, unet, optimizer, log_lines)
-                raise NonFiniteLossError(
-                    f"loss is {out['loss'].item()} at step {step}; a checkpoint of the last good "
-                    f"state is in '{checkpoint_dir}'. Lower 'train.lr' or '{KEY}.beta', then rerun")
+            stop_if_not_finite(
+                out["loss"], accelerator=accelerator,
+                save=save_state(checkpoint_dir, step, step, unet, optimizer, log_lines),
+                message=f"loss is {out['loss'].item()} at step {step}; a checkpoint of the last good "
+                        f"state is in '{checkpoint_dir}'. Lower 'train.lr' or '{KEY}.beta', then rerun")
             accelerator.backward(out["loss"] / n_micro)
             for key in sums:
                 sums[key] += out[key].item() / n_micro
-        average_gradients(params, world)
-        if settings.grad_clip:
-            accelerator.clip_grad_norm_(params, settings.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(params, optimizer, accelerator, world, settings.grad_clip)
         log_lines.append({"step": step + 1, "epoch": (step + 1) * dpo.batch_size / source.n_pairs,
                           **sums, "lr": lr, "pairs": dpo.batch_size,
                           "pairs_per_s": per_rank / (time.perf_counter() - tic)})
-        preempted = should_checkpoint_and_exit()  # SLURM's SIGUSR1 / SIGTERM before a kill
-        if ((step + 1) % settings.checkpoint_every == 0 or step + 1 == dpo.steps or preempted) \
-                and accelerator.is_main_process:
-            checkpoints.save(checkpoint_dir, step + 1, step + 1, unet, optimizer, log_lines)
-        accelerator.wait_for_everyone()
-        if preempted:
-            log.warning("signal %s: checkpoint of step %d written to %s; rerun to resume",
-                        received_signal(), step + 1, checkpoint_dir)
-            raise SystemExit(PREEMPTED_EXIT_CODE)
+        end_of_unit(due=(step + 1) % settings.checkpoint_every == 0 or step + 1 == dpo.steps,
+                    accelerator=accelerator, what=f"step {step + 1}", checkpoint_dir=checkpoint_dir,
+                    save=save_state(checkpoint_dir, step + 1, step + 1, unet, optimizer, log_lines))
         if (step + 1) % 50 == 0:
             log.info("step %d/%d: loss %.4f, implicit acc %.3f", step + 1, dpo.steps, sums["loss"],
                      sums["implicit_acc"])
     seconds = time.perf_counter() - began
-    if accelerator.is_main_process:  # every rank holds the same LoRA: one writes it
-        info = {**(resolved or {}), "pairs": str(pairs), "latents": str(latents) if latents else None,
-                "decisive_pairs": source.n_pairs, "ties_dropped": source.n_ties,
-                "train_seconds_this_run": seconds}
-        with atomic_path(out_dir, is_dir=True) as tmp:
-            save_lora_diffusers(pipeline_class, unet, tmp)
-            (tmp / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in log_lines))
-            write_json_atomic(tmp / "provenance.json", provenance("train", info))
-    accelerator.wait_for_everyone()
+    info = {**(resolved or {}), "pairs": str(pairs), "latents": str(latents) if latents else None,
+            "decisive_pairs": source.n_pairs, "ties_dropped": source.n_ties,
+            "train_seconds_this_run": seconds}
+    write_outputs(out_dir, pipeline_class, unet, log_lines, info, accelerator)
     return {"steps": dpo.steps, "seconds": seconds,
             "final_loss": log_lines[-1]["loss"] if log_lines else math.nan}

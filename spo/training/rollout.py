@@ -11,7 +11,6 @@ loads the result unchanged and a killed run resumes to the same LoRA.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -21,15 +20,12 @@ from typing import Any, Callable
 
 import torch
 
-from spo.checkpoint import (PREEMPTED_EXIT_CODE, install_signal_handlers, received_signal,
-                            should_checkpoint_and_exit)
-from spo.io import atomic_path, provenance, write_json_atomic
+from spo.checkpoint import install_signal_handlers
 from spo.seeds import image_seed
 from spo.training import checkpoints
-from spo.training.lora import save_lora_diffusers
+from spo.training.loop import end_of_unit, optimizer_step, save_state, stop_if_not_finite, write_outputs
 from spo.training.settings import TrainSettings
-from spo.training.spo_trainer import (NonFiniteLossError, average_gradients, micro_batches,
-                                      round_prompts, total_rounds, trainable_lora)
+from spo.training.spo_trainer import micro_batches, round_prompts, total_rounds, trainable_lora
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +90,15 @@ def train_rounds(backbone, pipeline_class, prompts: list[str], settings: TrainSe
                 with accelerator.autocast():
                     out = loss_fn(batch, cond)
                 loss = out["loss"]
-                if not torch.isfinite(loss):
-                    if accelerator.is_main_process:
-                        checkpoints.save(checkpoint_dir, round_index, step, unet, optimizer, log_lines)
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at optimizer step {step} (round {round_index}); a "
-                        f"checkpoint of the last good state is in '{checkpoint_dir}'. Lower "
-                        f"'train.lr', then rerun to resume")
+                stop_if_not_finite(
+                    loss, accelerator=accelerator,
+                    save=save_state(checkpoint_dir, round_index, step, unet, optimizer, log_lines),
+                    message=f"loss is {loss.item()} at optimizer step {step} (round {round_index}); a "
+                            f"checkpoint of the last good state is in '{checkpoint_dir}'. Lower "
+                            f"'train.lr', then rerun to resume")
                 accelerator.backward(loss / settings.grad_accum)
                 if (j + 1) % settings.grad_accum == 0 or j + 1 == len(micro):
-                    average_gradients(params, world)
-                    if settings.grad_clip:
-                        accelerator.clip_grad_norm_(params, settings.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizer_step(params, optimizer, accelerator, world, settings.grad_clip)
                     step += 1
                 log_lines.append({
                     "round": round_index, "step": step, "epoch": epoch, "loss": loss.item(),
@@ -117,21 +108,10 @@ def train_rounds(backbone, pipeline_class, prompts: list[str], settings: TrainSe
                     "transitions_per_s": len(batch) * (j + 1) / (time.perf_counter() - tic)})
         log.info("round %d/%d: reward %.3f, %.1f s", round_index + 1, n_rounds,
                  stats.get("reward_mean", math.nan), time.perf_counter() - tic)
-        preempted = should_checkpoint_and_exit()  # SLURM's SIGUSR1 / SIGTERM before a kill
-        if ((round_index + 1) % settings.checkpoint_every == 0 or round_index + 1 == n_rounds
-                or preempted) and accelerator.is_main_process:
-            checkpoints.save(checkpoint_dir, round_index + 1, step, unet, optimizer, log_lines)
-        accelerator.wait_for_everyone()
-        if preempted:
-            log.warning("signal %s: checkpoint of round %d written to %s; rerun to resume",
-                        received_signal(), round_index + 1, checkpoint_dir)
-            raise SystemExit(PREEMPTED_EXIT_CODE)
-    if accelerator.is_main_process:  # every rank holds the same LoRA: one writes it
-        with atomic_path(out_dir, is_dir=True) as tmp:
-            save_lora_diffusers(pipeline_class, unet, tmp)
-            (tmp / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in log_lines))
-            write_json_atomic(tmp / "provenance.json", provenance("train", resolved or {}))
-    accelerator.wait_for_everyone()
+        end_of_unit(due=(round_index + 1) % settings.checkpoint_every == 0 or round_index + 1 == n_rounds,
+                    accelerator=accelerator, what=f"round {round_index + 1}", checkpoint_dir=checkpoint_dir,
+                    save=save_state(checkpoint_dir, round_index + 1, step, unet, optimizer, log_lines))
+    write_outputs(out_dir, pipeline_class, unet, log_lines, resolved or {}, accelerator)
     return {"rounds": n_rounds, "steps": step,
             "final_loss": next((l["loss"] for l in reversed(log_lines) if l.get("loss") is not None), math.nan)}
 

@@ -25,23 +25,25 @@ from typing import Any
 
 import torch
 
-from spo.checkpoint import (PREEMPTED_EXIT_CODE, install_signal_handlers, received_signal,
-                            should_checkpoint_and_exit)
-from spo.io import atomic_path, provenance, write_json_atomic
+from spo.checkpoint import install_signal_handlers
+from spo.io import write_json_atomic
 from spo.models.backbone import Backbone
 from spo.sampling.ddim import DDIMSchedule, ddim_transition, gaussian_logprob
 from spo.sampling.stepwise import PairBatch, sample_pairs
 from spo.seeds import image_seed
 from spo.training import checkpoints
-from spo.training.lora import attach_lora, reference_mode, save_lora_diffusers
+from spo.training.lora import attach_lora, reference_mode
+from spo.training.loop import (end_of_unit, optimizer_step, save_state, stop_if_not_finite,
+                               write_outputs)
+from spo.training.loop import NonFiniteLossError, average_gradients  # re-exported: the trainer's API
+
+__all__ = ["NonFiniteLossError", "average_gradients", "micro_batches", "pair_loss", "redistribute",
+           "round_prompts", "total_rounds", "train_spo", "trainable_lora", "transition_logprobs",
+           "write_examples"]
 from spo.training.losses import spo_loss
 from spo.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; a checkpoint was written before stopping."""
 
 
 def transition_logprobs(backbone: Backbone, schedule: DDIMSchedule, pairs: PairBatch, cond,
@@ -131,25 +133,6 @@ def micro_batches(pairs: PairBatch | None, size: int) -> list[PairBatch]:
     return [pairs.select(torch.arange(s, min(s + size, len(pairs)))) for s in range(0, len(pairs), size)]
 
 
-def average_gradients(params, world: int) -> None:
-    """Data parallelism by hand: mean of every LoRA gradient over the processes.
-
-    Each process holds an equal share of the round's pairs and runs the same number of
-    micro-batches, so the mean of the per-process gradients of a mean loss is the gradient of the
-    whole global batch, as DDP would give (the UNet is not wrapped: the reference pass needs the
-    adapter switched off on the plain module).
-    """
-    if world <= 1:
-        return
-    import torch.distributed as dist
-
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad /= world
-
-
 def write_examples(folder: Path, examples: dict[int, list]) -> None:
     """Figure 5's dump: ``round-<r>_<i>_{win,lose}.png`` and ``index.json`` (one entry per pair).
 
@@ -226,20 +209,15 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
             with accelerator.autocast():
                 out = pair_loss(backbone, schedule, batch, cond, settings)
             loss = out["loss"]
-            if not torch.isfinite(loss):
-                if accelerator.is_main_process:
-                    checkpoints.save(checkpoint_dir, round_index, step, unet, optimizer, log_lines)
-                raise NonFiniteLossError(
-                    f"loss is {loss.item()} at optimizer step {step} (round {round_index}); a "
-                    f"checkpoint of the last good state is in '{checkpoint_dir}'. Lower "
-                    f"'train.lr' or enable 'train.clamp_eps', then rerun to resume")
+            stop_if_not_finite(
+                loss, accelerator=accelerator,
+                save=save_state(checkpoint_dir, round_index, step, unet, optimizer, log_lines),
+                message=f"loss is {loss.item()} at optimizer step {step} (round {round_index}); a "
+                        f"checkpoint of the last good state is in '{checkpoint_dir}'. Lower "
+                        f"'train.lr' or enable 'train.clamp_eps', then rerun to resume")
             accelerator.backward(loss / settings.grad_accum)
             if (j + 1) % settings.grad_accum == 0 or j + 1 == len(micro):
-                average_gradients(params, world)
-                if settings.grad_clip:
-                    accelerator.clip_grad_norm_(params, settings.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(params, optimizer, accelerator, world, settings.grad_clip)
                 step += 1
             log_lines.append({
                 "round": round_index, "step": step, "epoch": round_index * world * settings.prompts_per_round // max(1, len(prompts)),
@@ -255,22 +233,15 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
         log.info("round %d/%d: %d pairs accepted of %d, score %.3f, %.1f s", round_index + 1,
                  n_rounds, stats["pairs_accepted"], stats["pairs_total"], stats["score_mean"],
                  time.perf_counter() - tic)
-        preempted = should_checkpoint_and_exit()  # SLURM's SIGUSR1 / SIGTERM before a kill
-        if ((round_index + 1) % settings.checkpoint_every == 0 or round_index + 1 == n_rounds
-                or preempted) and accelerator.is_main_process:
-            checkpoints.save(checkpoint_dir, round_index + 1, step, unet, optimizer, log_lines)
-        accelerator.wait_for_everyone()
-        if preempted:
-            log.warning("signal %s: checkpoint of round %d written to %s; rerun to resume",
-                        received_signal(), round_index + 1, checkpoint_dir)
-            raise SystemExit(PREEMPTED_EXIT_CODE)
-    if accelerator.is_main_process:  # every rank holds the same LoRA: one writes it
-        with atomic_path(out_dir, is_dir=True) as tmp:
-            save_lora_diffusers(pipeline_class, unet, tmp)
-            (tmp / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in log_lines))
-            if settings.dump_examples and examples_dir.is_dir():
-                shutil.copytree(examples_dir, tmp / "examples")
-            write_json_atomic(tmp / "provenance.json", provenance("train", resolved or {}))
-    accelerator.wait_for_everyone()
+        end_of_unit(due=(round_index + 1) % settings.checkpoint_every == 0 or round_index + 1 == n_rounds,
+                    accelerator=accelerator, what=f"round {round_index + 1}", checkpoint_dir=checkpoint_dir,
+                    save=save_state(checkpoint_dir, round_index + 1, step, unet, optimizer, log_lines))
+
+    def copy_examples(folder: Path) -> None:
+        if settings.dump_examples and examples_dir.is_dir():
+            shutil.copytree(examples_dir, folder / "examples")
+
+    write_outputs(out_dir, pipeline_class, unet, log_lines, resolved or {}, accelerator,
+                  extra=copy_examples)
     return {"rounds": n_rounds, "steps": step,
             "final_loss": next((l["loss"] for l in reversed(log_lines) if l.get("loss") is not None), math.nan)}

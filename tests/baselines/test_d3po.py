@@ -10,7 +10,7 @@ import torch
 from spo.models.backbone import Backbone
 from spo.preference import build_preference
 from spo.sampling.trajectory import Trajectories
-from spo.training import d3po, rollout
+from spo.training import d3po, loop
 from spo.training.losses import spo_loss
 from spo.training.settings import TrainSettings
 
@@ -113,12 +113,12 @@ def test_sigusr1_checkpoint_resumes_to_the_same_lora(tiny_models, tmp_path, monk
 
     run("a")
     polls = iter([False, True])  # the signal arrives during round 2
-    monkeypatch.setattr(rollout, "should_checkpoint_and_exit", lambda: next(polls))
+    monkeypatch.setattr(loop, "should_checkpoint_and_exit", lambda: next(polls))
     with pytest.raises(SystemExit) as exit_info:
         run("b")
     assert exit_info.value.code == 75 and not (tmp_path / "b").exists()
     assert [p.name for p in (tmp_path / "ck-b").glob("step-*")] == ["step-00000002"]
-    monkeypatch.setattr(rollout, "should_checkpoint_and_exit", lambda: False)
+    monkeypatch.setattr(loop, "should_checkpoint_and_exit", lambda: False)
     run("b")
     a = load_file(str(tmp_path / "a" / "pytorch_lora_weights.safetensors"))
     b = load_file(str(tmp_path / "b" / "pytorch_lora_weights.safetensors"))

@@ -10,7 +10,7 @@ import torch
 
 from spo.models.backbone import Backbone
 from spo.spm.data import PairsError, encode_png, latents_to_bytes
-from spo.training import diffusion_dpo
+from spo.training import diffusion_dpo, loop
 from spo.training.diffusion_dpo import DPOSettings, check_dpo_config, diffusion_dpo_loss
 from spo.training.dpo_data import PairSource, decisive, orient
 from spo.training.settings import TrainSettings
@@ -121,10 +121,10 @@ def test_a_killed_run_resumes_to_the_same_lora(tiny_models, pairs_dir, tmp_path,
     folder = pairs_dir[0]
     _, straight = _train(tiny_models, folder, tmp_path, "straight")
     calls = iter([False, True])  # SIGTERM-style stop after the 2nd of 4 steps (checkpoint written)
-    monkeypatch.setattr(diffusion_dpo, "should_checkpoint_and_exit", lambda: next(calls, False))
+    monkeypatch.setattr(loop, "should_checkpoint_and_exit", lambda: next(calls, False))
     with pytest.raises(SystemExit):
         _train(tiny_models, folder, tmp_path, "killed")
-    monkeypatch.setattr(diffusion_dpo, "should_checkpoint_and_exit", lambda: False)
+    monkeypatch.setattr(loop, "should_checkpoint_and_exit", lambda: False)
     _, resumed = _train(tiny_models, folder, tmp_path, "killed")
     a = load_file(str(straight / "pytorch_lora_weights.safetensors"))
     b = load_file(str(resumed / "pytorch_lora_weights.safetensors"))

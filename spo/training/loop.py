@@ -1,0 +1,98 @@
+"""The pieces every trainer's loop shares (SPO / MSPO, DDPO, D3PO, Diffusion-DPO).
+
+One optimizer step over the LoRA parameters, the stop on a non-finite loss, the end-of-unit
+checkpoint with SLURM preemption, and the output folder: one implementation, so that the four
+trainers checkpoint, resume and write alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from spo.checkpoint import PREEMPTED_EXIT_CODE, received_signal, should_checkpoint_and_exit
+from spo.io import atomic_path, provenance, write_json_atomic
+from spo.training import checkpoints
+from spo.training.lora import save_lora_diffusers
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; a checkpoint was written before stopping."""
+
+
+def average_gradients(params, world: int) -> None:
+    """Data parallelism by hand: mean of every LoRA gradient over the processes.
+
+    Each process holds an equal share of the step's data and runs the same number of
+    micro-batches, so the mean of the per-process gradients of a mean loss is the gradient of the
+    whole global batch, as DDP would give (the UNet is not wrapped: the reference pass needs the
+    adapter switched off on the plain module).
+    """
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= world
+
+
+def optimizer_step(params, optimizer, accelerator, world: int, grad_clip: float) -> None:
+    """Average the gradients over processes, clip (when ``grad_clip``), step, zero them."""
+    average_gradients(params, world)
+    if grad_clip:
+        accelerator.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def stop_if_not_finite(loss: torch.Tensor, *, accelerator, save: Callable[[], Any],
+                       message: str) -> None:
+    """On a NaN / infinite loss: checkpoint the last good state (main process), then raise."""
+    if torch.isfinite(loss):
+        return
+    if accelerator.is_main_process:
+        save()
+    raise NonFiniteLossError(message)
+
+
+def end_of_unit(*, due: bool, accelerator, save: Callable[[], Any], what: str,
+                checkpoint_dir) -> None:
+    """After a round / step: checkpoint when ``due`` or when SLURM signalled a preemption, and on
+    a signal exit with ``PREEMPTED_EXIT_CODE`` so that the rerun resumes."""
+    preempted = should_checkpoint_and_exit()  # SLURM's SIGUSR1 / SIGTERM before a kill
+    if (due or preempted) and accelerator.is_main_process:
+        save()
+    accelerator.wait_for_everyone()
+    if preempted:
+        log.warning("signal %s: checkpoint of %s written to %s; rerun to resume",
+                    received_signal(), what, checkpoint_dir)
+        raise SystemExit(PREEMPTED_EXIT_CODE)
+
+
+def write_outputs(out_dir: str | Path, pipeline_class, unet, log_lines: list[dict[str, Any]],
+                  info: dict[str, Any], accelerator,
+                  extra: Callable[[Path], None] | None = None) -> None:
+    """The trained method's folder, atomically, by the main process: the diffusers LoRA,
+    ``log.jsonl``, ``provenance.json`` (and whatever ``extra`` adds to the folder)."""
+    if accelerator.is_main_process:  # every rank holds the same LoRA: one writes it
+        with atomic_path(out_dir, is_dir=True) as tmp:
+            save_lora_diffusers(pipeline_class, unet, tmp)
+            (tmp / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in log_lines))
+            if extra is not None:
+                extra(tmp)
+            write_json_atomic(tmp / "provenance.json", provenance("train", info))
+    accelerator.wait_for_everyone()
+
+
+def save_state(checkpoint_dir, index: int, step: int, unet, optimizer, log_lines) -> Callable[[], Any]:
+    """A ``save`` callable for the two functions above (``spo.training.checkpoints.save``)."""
+    return lambda: checkpoints.save(checkpoint_dir, index, step, unet, optimizer, log_lines)
