@@ -18,9 +18,12 @@ the time input) and ``pickscore`` (ignores t).
 from __future__ import annotations
 
 import importlib
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
+# torch is imported where it is used: the config check at DAG start (and every light stage) reads
+# the registry's names without paying torch's import (about 1.2 s a process).
 
 
 class PreferenceModel(Protocol):
@@ -39,6 +42,8 @@ def colorfulness_torch(images: torch.Tensor) -> torch.Tensor:
     Returns:
         (N,) float32.
     """
+    import torch
+
     rgb = images.float() * 255.0
     r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
     rg = (r - g).flatten(1)
@@ -66,9 +71,13 @@ class RandomPreference:
     step_aware = False
 
     def __init__(self, seed: int = 0):
+        import torch
+
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, images, prompts, timesteps):
+        import torch
+
         return torch.randn(len(images), generator=self.generator).to(images.device)
 
 

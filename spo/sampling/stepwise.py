@@ -24,34 +24,10 @@ import torch
 from spo.models.backbone import Backbone
 from spo.preference.selection import select_pairs
 from spo.sampling.ddim import DDIMSchedule, ddim_transition, predict_x0, sample_transition
+# the settings live in a torch-free module: config validation at DAG start imports them
+from spo.sampling.settings import NEXT_INIT, SamplerSettings
 
-NEXT_INIT = ("random", "win", "lose")
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    num_inference_steps: int = 20
-    guidance_scale: float = 5.0
-    eta: float = 1.0
-    k: int = 4
-    inner_steps: int = 1
-    timestep_range: tuple[int, int] = (0, 750)
-    threshold: float = 0.3
-    pair_mode: str = "best-worst"
-    next_init: str = "random"
-
-    def __post_init__(self):
-        if self.k < 2:
-            raise ValueError(f"config key 'train.k' is {self.k}; it must be >= 2 (a pair needs two candidates)")
-        if self.inner_steps < 1:
-            raise ValueError(f"config key 'train.inner_steps' is {self.inner_steps}; it must be >= 1")
-        lo, hi = self.timestep_range
-        if not 0 <= lo <= hi:
-            raise ValueError(f"config key 'train.timestep_range' is [{lo}, {hi}]; it needs 0 <= lo <= hi")
-        if not 0.0 <= self.threshold < 1.0:
-            raise ValueError(f"config key 'train.threshold' is {self.threshold}; it must be in [0, 1)")
-        if self.next_init not in NEXT_INIT:
-            raise ValueError(f"config key 'train.next_init' is {self.next_init!r}; allowed: {NEXT_INIT}")
+__all__ = ["NEXT_INIT", "PairBatch", "SamplerSettings", "sample_pairs", "trained_steps"]
 
 
 @dataclass

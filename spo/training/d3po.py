@@ -23,7 +23,6 @@ step covers every step of ``batch x accum`` trajectory pairs).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,33 +31,10 @@ import torch
 from spo.sampling.ddim import DDIMSchedule
 from spo.sampling.stepwise import PairBatch
 from spo.sampling.trajectory import Trajectories, check_eta, sample_trajectories, score_final, step_subset
-from spo.training.rollout import all_round_prompts, generator, parse_block, train_rounds
+from spo.training.baseline_settings import D3POSettings
+from spo.training.rollout import all_round_prompts, generator, train_rounds
 from spo.training.settings import TrainSettings
 from spo.training.spo_trainer import pair_loss, redistribute, round_prompts
-
-
-@dataclass(frozen=True)
-class D3POSettings:
-    """``train.d3po``."""
-
-    timestep_fraction: float = 1.0     # share of each trajectory pair's steps trained
-    same_initial_noise: bool = True    # the official pairing: both trajectories start at one x_T
-    sample_batch_size: int | None = None   # trajectories per sampling call (None: all)
-
-    def __post_init__(self):
-        if not 0 < self.timestep_fraction <= 1:
-            raise ValueError(f"config key 'train.d3po.timestep_fraction' is {self.timestep_fraction}; "
-                             f"it must be in (0, 1]")
-        if not isinstance(self.same_initial_noise, bool):
-            raise ValueError(f"config key 'train.d3po.same_initial_noise' is "
-                             f"{self.same_initial_noise!r}; it must be true or false")
-        if self.sample_batch_size is not None and self.sample_batch_size < 1:
-            raise ValueError(f"config key 'train.d3po.sample_batch_size' is {self.sample_batch_size}; "
-                             f"it must be >= 1 or null")
-
-    @classmethod
-    def from_settings(cls, settings: TrainSettings) -> "D3POSettings":
-        return parse_block(cls, settings.d3po, "d3po")
 
 
 def ranked_pairs(traj: Trajectories, rewards: torch.Tensor, prompt_index: torch.Tensor,

@@ -32,43 +32,13 @@ import torch
 
 from spo.sampling.ddim import DDIMSchedule, ddim_transition, gaussian_logprob
 from spo.sampling.trajectory import check_eta, sample_trajectories, score_final, step_subset
-from spo.training.rollout import all_round_prompts, generator, parse_block, train_rounds
+from spo.training.baseline_settings import DDPOSettings
+from spo.training.rollout import all_round_prompts, generator, train_rounds
 from spo.training.settings import TrainSettings
 from spo.training.spo_trainer import round_prompts
 
 
-@dataclass(frozen=True)
-class DDPOSettings:
-    """``train.ddpo``: the official config/base.py defaults."""
 
-    clip_range: float = 1e-4           # PPO clip range
-    adv_clip_max: float = 5.0          # advantages clipped to [-adv_clip_max, adv_clip_max]
-    timestep_fraction: float = 1.0     # share of each trajectory's steps trained
-    inner_epochs: int = 1              # passes over a round's samples
-    images_per_prompt: int = 1         # trajectories per prompt per round
-    per_prompt_stat_tracking: bool = True
-    buffer_size: int = 16              # per-prompt reward buffer
-    min_count: int = 16                # below it, the batch statistics are used
-    sample_batch_size: int | None = None   # trajectories per sampling call (None: all)
-
-    def __post_init__(self):
-        def bad(key, why):
-            raise ValueError(f"config key 'train.ddpo.{key}' is {getattr(self, key)!r}; {why}")
-        if not self.clip_range > 0:
-            bad("clip_range", "it must be > 0")
-        if not self.adv_clip_max > 0:
-            bad("adv_clip_max", "it must be > 0")
-        if not 0 < self.timestep_fraction <= 1:
-            bad("timestep_fraction", "it must be in (0, 1]")
-        for key in ("inner_epochs", "images_per_prompt", "buffer_size", "min_count"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                bad(key, "it must be an integer >= 1")
-        if self.sample_batch_size is not None and self.sample_batch_size < 1:
-            bad("sample_batch_size", "it must be >= 1 or null")
-
-    @classmethod
-    def from_settings(cls, settings: TrainSettings) -> "DDPOSettings":
-        return parse_block(cls, settings.ddpo, "ddpo")
 
 
 def ddpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, *,

@@ -33,7 +33,6 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from spo.checkpoint import install_signal_handlers
 from spo.models.backbone import Backbone, Conditioning
 from spo.seeds import image_seed
 from spo.training import checkpoints
+from spo.training.baseline_settings import KEY, DPOSettings
 from spo.training.dpo_data import PairSource, pair_latents
 from spo.training.lora import reference_mode
 from spo.training.loop import end_of_unit, optimizer_step, save_state, stop_if_not_finite, write_outputs
@@ -51,66 +51,6 @@ from spo.training.settings import TrainSettings
 from spo.training.spo_trainer import trainable_lora
 
 log = logging.getLogger(__name__)
-KEY = "train.diffusion_dpo"
-
-
-@dataclass(frozen=True)
-class DPOSettings:
-    """The ``train.diffusion_dpo`` block (LoRA, lr, weight decay, clip, seed and precision are the
-    shared ``train.*`` keys; SPO's sampler keys such as ``train.beta`` are not used)."""
-
-    data: str                       # a key of spm.datasets: trains on results/spm/pairs/<data>/train
-    beta: float = 5000.0            # Salesforce convention (official launchers: 5000)
-    steps: int = 2000               # optimizer steps (official: 2000)
-    batch_size: int = 2048          # pairs per optimizer step, all processes (official: 2048)
-    micro_batch: int = 1            # pairs per forward pass per process (gradient accumulation)
-    warmup_steps: int = 0           # linear warm-up, then constant (official: 500 SD-1.5, 200 SDXL)
-    empty_prompt_rate: float = 0.2  # prompts replaced by "" (official default 0.2)
-    hflip: bool = True              # random horizontal flip of encoded images (not cached latents)
-    optimizer: str = "adamw"        # adamw (train.weight_decay) | adafactor (official SDXL)
-    full_unet: bool = False         # only false (LoRA) is implemented
-    timestep_range: tuple = (0, 999)  # t ~ U{lo..hi} (official: all of 0..999)
-
-    def __post_init__(self):
-        def bad(key, why):
-            raise ValueError(f"config key '{KEY}.{key}' is {getattr(self, key)!r}; {why}")
-        if not isinstance(self.data, str) or not self.data:
-            bad("data", "give the name of a pair dataset under spm.datasets")
-        if not self.beta > 0:
-            bad("beta", "it must be > 0 (Salesforce convention; official 5000)")
-        for key in ("steps", "batch_size", "micro_batch"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                bad(key, "it must be an integer >= 1")
-        if self.batch_size % self.micro_batch:
-            bad("batch_size", f"it must be a multiple of {KEY}.micro_batch ({self.micro_batch})")
-        if self.warmup_steps < 0:
-            bad("warmup_steps", "it must be >= 0")
-        if not 0.0 <= self.empty_prompt_rate < 1.0:
-            bad("empty_prompt_rate", "use a rate in [0, 1)")
-        if self.optimizer not in ("adamw", "adafactor"):
-            bad("optimizer", "allowed: 'adamw', 'adafactor'")
-        lo_hi = tuple(self.timestep_range)
-        if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]:
-            bad("timestep_range", "give [lo, hi] with 0 <= lo <= hi < the scheduler's num_train_timesteps")
-        if self.full_unet:
-            bad("full_unet", "only LoRA training is implemented (generation loads LoRA folders); "
-                "set it to false, or evaluate the official full-UNet checkpoint through "
-                "methods.<name>.unet (mhdang/dpo-sd1.5-text2image-v1)")
-
-    @classmethod
-    def from_train(cls, settings: TrainSettings) -> "DPOSettings":
-        block = settings.diffusion_dpo
-        if block is None:
-            raise ValueError(f"config key '{KEY}' is missing; 'train.algorithm: diffusion-dpo' needs "
-                             f"it (at least '{KEY}.data: <spm.datasets name>')")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(block) - known)
-        if unknown:
-            raise ValueError(f"config keys {[KEY + '.' + k for k in unknown]} are not allowed; "
-                             f"allowed: {', '.join(sorted(known))}")
-        if "data" not in block:
-            raise ValueError(f"config key '{KEY}.data' is missing; name a pair dataset under spm.datasets")
-        return cls(**block)
 
 
 def check_dpo_config(config: dict[str, Any], settings: TrainSettings) -> DPOSettings:

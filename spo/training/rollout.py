@@ -35,19 +35,6 @@ def generator(seed: int, *key: Any) -> torch.Generator:
     return torch.Generator().manual_seed(image_seed(seed, "/".join(map(str, key)), 0))
 
 
-def parse_block(cls, block: dict | None, algorithm: str):
-    """Build the dataclass ``cls`` from ``train.<algorithm>``; unknown keys name the allowed ones."""
-    from dataclasses import fields
-
-    block = dict(block or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(block) - known)
-    if unknown:
-        raise ValueError(f"config keys {[f'train.{algorithm}.{u}' for u in unknown]} are not "
-                         f"allowed; allowed: {', '.join(sorted(known))}")
-    return cls(**block)
-
-
 def train_rounds(backbone, pipeline_class, prompts: list[str], settings: TrainSettings,
                  out_dir: str | Path, checkpoint_dir: str | Path, accelerator, resolved: dict | None, *,
                  collect: Callable, loss_fn: Callable, replay: Callable | None = None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from spo.sampling.stepwise import SamplerSettings
+from spo.sampling.settings import SamplerSettings
 
 
 # algorithm -> trainer "module:function"; every trainer has the signature of ``train_spo``.
@@ -102,9 +102,9 @@ class TrainSettings:
         """The parsed ``train.<algorithm>`` block of a baseline trainer (None for spo)."""
         import importlib
 
-        parsers = {"diffusion-dpo": ("spo.training.diffusion_dpo", "DPOSettings", "from_train"),
-                   "ddpo": ("spo.training.ddpo", "DDPOSettings", "from_settings"),
-                   "d3po": ("spo.training.d3po", "D3POSettings", "from_settings")}
+        parsers = {"diffusion-dpo": ("spo.training.baseline_settings", "DPOSettings", "from_train"),
+                   "ddpo": ("spo.training.baseline_settings", "DDPOSettings", "from_settings"),
+                   "d3po": ("spo.training.baseline_settings", "D3POSettings", "from_settings")}
         if self.algorithm not in parsers:
             return None
         module, cls, method = parsers[self.algorithm]
