@@ -283,18 +283,25 @@ def evaluation_groups(config: dict[str, Any]) -> list[dict[str, list[str]]]:
     return [groups] if isinstance(groups, dict) else list(groups)
 
 
-def evaluated_pairs(config: dict[str, Any]) -> list[tuple[str, str]]:
-    """Every (method, prompt set) the DAG generates and scores, in config order, no repeats."""
+def evaluated_pairs(config: dict[str, Any], *, scored: bool = False) -> list[tuple[str, str]]:
+    """Every (method, prompt set) the DAG generates, in config order, no repeats.
+
+    ``scored=True``: only those it also scores and tabulates. An ``evaluate`` group with
+    ``score: false`` is images only (the qualitative figure grids, which the paper never scores);
+    a pair in both kinds of group is scored.
+    """
     seen: dict[tuple[str, str], None] = {}
     for group in evaluation_groups(config):
+        if scored and not group.get("score", True):
+            continue
         for method in group["methods"]:
             for prompt_set in group["prompt_sets"]:
                 seen[(method, prompt_set)] = None
     return list(seen)
 
 
-def evaluated_prompt_sets(config: dict[str, Any]) -> list[str]:
-    return list(dict.fromkeys(p for _, p in evaluated_pairs(config)))
+def evaluated_prompt_sets(config: dict[str, Any], *, scored: bool = False) -> list[str]:
+    return list(dict.fromkeys(p for _, p in evaluated_pairs(config, scored=scored)))
 
 
 def evaluated_methods(config: dict[str, Any]) -> list[str]:
@@ -304,6 +311,13 @@ def evaluated_methods(config: dict[str, Any]) -> list[str]:
 def images_per_prompt(config: dict[str, Any], prompt_set: str) -> int:
     return config["prompt_sets"][prompt_set].get(
         "images_per_prompt", config["generation"]["images_per_prompt"])
+
+
+def inference_steps(config: dict[str, Any], prompt_set: str) -> int:
+    """DDIM steps for a prompt set: its own ``num_inference_steps`` (GenEval's protocol is 50
+    where the paper's Tables 1-2 use 20), else ``generation.num_inference_steps``."""
+    return int(config["prompt_sets"][prompt_set].get(
+        "num_inference_steps", config["generation"]["num_inference_steps"]))
 
 
 def method_guidance_scale(config: dict[str, Any], method: str) -> float:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from spo.config import images_per_prompt, method_guidance_scale
+from spo.config import images_per_prompt, inference_steps, method_guidance_scale
 from spo.io import atomic_path, provenance, stable_hash, write_json_atomic, write_parquet_atomic
 from spo.prompts import load_prompt_set, shard_slice
 from spo.seeds import image_seed
@@ -40,7 +40,7 @@ def generation_settings(config: dict[str, Any], method: str, prompt_set: str) ->
         "prompt_source": config["prompt_sets"][prompt_set]["source"],
         "seed": config["seed"],
         "scheduler": gen["scheduler"],
-        "num_inference_steps": gen["num_inference_steps"],
+        "num_inference_steps": inference_steps(config, prompt_set),
         "guidance_scale": method_guidance_scale(config, method),
         "eta": gen["eta"],
         "resolution": gen["resolution"],

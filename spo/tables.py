@@ -103,7 +103,7 @@ def build_tables(config: dict[str, Any], score_files: Sequence[str | Path],
                              confidence=opts["confidence"], seed=opts["seed"])
     summary = summary.merge(deltas, on=["prompt_set", "method", "metric"], how="left")
     out = {}
-    for prompt_set in evaluated_prompt_sets(config):
+    for prompt_set in evaluated_prompt_sets(config, scored=True):
         part = summary[summary["prompt_set"] == prompt_set]
         if part.empty:
             raise ValueError(f"no scores for prompt set '{prompt_set}'; the score files given were "

@@ -226,7 +226,7 @@ def table3_markdown(table: pd.DataFrame, notes: Iterable[str], settings: dict[st
 
 def write_table3(config: dict[str, Any], layouts: dict[str, str], out_prefix: str | Path) -> pd.DataFrame:
     """``<out_prefix>.csv`` and ``.md`` for the config's ``geneval`` block."""
-    from spo.config import images_per_prompt, method_guidance_scale
+    from spo.config import images_per_prompt, inference_steps, method_guidance_scale
     from spo.prompts import count_prompts
 
     spec = config["geneval"]
@@ -236,7 +236,7 @@ def write_table3(config: dict[str, Any], layouts: dict[str, str], out_prefix: st
     labels = {m: config["methods"][m].get("label", m) for m in methods}
     settings = {"prompt set": f"{spec['prompt_set']} ({n_prompts} prompts)",
                 "images per prompt": per_prompt,
-                "steps": config["generation"]["num_inference_steps"],
+                "steps": inference_steps(config, spec["prompt_set"]),
                 "CFG": "/".join(sorted({f"{method_guidance_scale(config, m):g}" for m in methods}))}
     table, markdown = build_table3(methods, labels, expected_images=n_prompts * per_prompt,
                                    layouts=layouts,

@@ -105,8 +105,9 @@ def plan_tables(config: dict[str, Any], numbers: PaperNumbers,
                               f"fill row '{row}' of table {table}; one method per row")
             else:
                 rows[table][row] = method
-    pairs = set(evaluated_pairs(config))
-    candidates = list((config.get("paper_tables") or {}).get("prompt_sets") or evaluated_prompt_sets(config))
+    pairs = set(evaluated_pairs(config, scored=True))
+    candidates = list((config.get("paper_tables") or {}).get("prompt_sets")
+                      or evaluated_prompt_sets(config, scored=True))
     required = set((config.get("paper_tables") or {}).get("require") or [])
     plans = {}
     for number in tables:

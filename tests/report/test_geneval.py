@@ -202,8 +202,12 @@ def test_tiny_dag_writes_the_layout_and_plans_an_import(tiny_dag_local, tmp_path
         for folder in folders:
             assert json.loads((folder / "metadata.jsonl").read_text()) == meta[int(folder.name)]
             assert len(list((folder / "samples").glob("[0-9][0-9][0-9][0-9].png"))) == 4
+        # the prompt set's own step count (Table 3's protocol), not generation's 20
+        steps = json.loads((layout / "provenance.json").read_text())["num_inference_steps"]
+        assert steps == config["prompt_sets"][spec["prompt_set"]]["num_inference_steps"] == 50
     md = (work / "results/tables/table3_geneval.md").read_text()
     assert md.count("GenEval not run for ") == len(spec["methods"])
+    assert "steps 50" in md
 
     # What GenEval's evaluate_images.py would write for the first method: one line per sample.
     method = spec["methods"][0]

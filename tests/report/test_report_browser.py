@@ -58,13 +58,13 @@ def report(tiny_dag_local) -> Path:
 
 
 def expected_tables(work: Path) -> dict[str, set[str]]:
-    """{table: its files in the report}: every evaluated prompt set's summary table (CSV, Markdown
+    """{table: its files in the report}: every scored prompt set's summary table (CSV, Markdown
     and its HTML view), Table 3 (GenEval) when `geneval.enabled`, and every paper-vs-ours table
     the DAG wrote under results/paper_tables/."""
     from spo.config import evaluated_prompt_sets, load_config
 
     config = load_config([work / "config/config.yaml"], root=work)
-    names = list(evaluated_prompt_sets(config))
+    names = list(evaluated_prompt_sets(config, scored=True))
     if (config.get("geneval") or {}).get("enabled"):
         names.append("table3_geneval")
     tables = {name: {f"results/tables/{name}.csv", f"results/tables/{name}.md",

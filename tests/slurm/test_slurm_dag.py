@@ -29,7 +29,8 @@ WORKFLOW_FILES = ["Snakefile", "workflow", "config", "data", "profiles"]
 # row, so these rows must equal the same rows of the full local run.
 SLURM_METRICS = ("colorfulness", "pickscore")
 SLURM_METHODS = ("tiny-sd15-base", "tiny-sdxl-base")
-SLURM_PROMPT_SETS = ["tiny-eval", "figure2", "figure11"]
+SLURM_PROMPT_SETS = ["tiny-eval"]                 # scored and tabulated
+SLURM_IMAGE_SETS = ["figure2", "figure11"]         # images only (the figure grids), as in config.yaml
 
 
 def _unavailable(reason: str):
@@ -97,7 +98,9 @@ def slurm_checkout(tmp_path):
     for block in ("figures", "geneval"):  # they name trained methods; the tables stay
         config.pop(block, None)
     config["methods"] = {k: v for k, v in config["methods"].items() if k in SLURM_METHODS}
-    config["evaluate"] = [{"methods": list(SLURM_METHODS), "prompt_sets": SLURM_PROMPT_SETS}]
+    config["evaluate"] = [{"methods": list(SLURM_METHODS), "prompt_sets": SLURM_PROMPT_SETS},
+                          {"methods": list(SLURM_METHODS), "prompt_sets": SLURM_IMAGE_SETS,
+                           "score": False}]
     (tmp_path / "config" / "slurm-test.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return tmp_path
 
@@ -118,6 +121,11 @@ def test_tiny_dag_through_slurm_gives_the_local_tables(local_slurm, slurm_checko
     slurm_logs = list((slurm_checkout / "results/logs/slurm").rglob("*.log"))
     assert submitted >= 10 and len(slurm_logs) == submitted, (submitted, slurm_logs)
     assert list((slurm_checkout / "results/logs/slurm/rule_generate").rglob("*.log"))
+    # images-only prompt sets: generated, never scored or tabulated
+    for prompt_set in SLURM_IMAGE_SETS:
+        assert (slurm_checkout / f"results/images/tiny-sdxl-base/{prompt_set}/shard-0/manifest.parquet").is_file()
+        assert not (slurm_checkout / "results/tables" / f"{prompt_set}.csv").exists()
+        assert not list((slurm_checkout / "results/scores").rglob(f"{prompt_set}/*.parquet"))
 
     # The per-prompt-set summary tables of the prompt sets both runs evaluate.
     tables = [local_dir / "results/tables" / f"{p}.csv" for p in SLURM_PROMPT_SETS]

@@ -16,6 +16,13 @@ def test_paper_profile_protocol(repo_root):
     gen = config["generation"]
     assert (gen["scheduler"], gen["num_inference_steps"], gen["guidance_scale"]) == ("ddim", 20, 5.0)
     assert config["prompt_sets"]["pickapic-val"]["count"] == 500
+    # Table 3: GenEval's 50 steps on its own prompt set; the other sets keep the 20 of Tables 1-2
+    from spo.config import inference_steps
+    from spo.generate import generation_settings
+
+    assert inference_steps(config, "geneval") == 50
+    assert inference_steps(config, "pickapic-val") == 20
+    assert generation_settings(config, "sdxl-base", "geneval")["num_inference_steps"] == 50
     for model in config["models"].values():
         if "id" in model["source"]:  # hub models: pinned commits, never a branch
             assert len(model["source"]["revision"]) == 40

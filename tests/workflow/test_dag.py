@@ -71,7 +71,14 @@ def test_tiny_dag_produces_every_table(tiny_run, checkout, config):
 
     _, seconds = tiny_run
     print(f"tiny DAG wall-clock: {seconds:.1f} s")
-    pairs = evaluated_pairs(config)
+    pairs = evaluated_pairs(config, scored=True)
+    # images-only prompt sets (the figure grids): generated, never scored or tabulated
+    images_only = {p for _, p in evaluated_pairs(config)} - {p for _, p in pairs}
+    assert images_only == {"figure2", "figure11"}
+    for prompt_set in images_only:
+        assert list((checkout / "results/images").glob(f"*/{prompt_set}/shard-0/manifest.parquet"))
+        assert not (checkout / f"results/tables/{prompt_set}.csv").exists()
+        assert not list((checkout / "results/scores").rglob(f"{prompt_set}/*.parquet"))
     for prompt_set in {p for _, p in pairs}:
         table = pd.read_csv(checkout / f"results/tables/{prompt_set}.csv")
         assert set(table.method) == {m for m, p in pairs if p == prompt_set}
@@ -150,7 +157,7 @@ def test_second_run_does_nothing(tiny_run, checkout):
 
 
 def test_deleted_shard_reruns_alone_and_bit_identically(tiny_run, checkout):
-    shard = checkout / "results/images/tiny-sdxl-base/figure2/shard-0"
+    shard = checkout / "results/images/tiny-sdxl-base/tiny-eval/shard-0"
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in shard.glob("*.png")}
     shutil.rmtree(shard)
     proc = snakemake(checkout, "--cores", "2")
@@ -162,9 +169,9 @@ def test_deleted_shard_reruns_alone_and_bit_identically(tiny_run, checkout):
     downstream = {"tables", "table_html", "paper_tables"} | {r for r in rules if r.startswith("figure_")}
     assert rules.count("generate") == 1 and rules.count("score") == 1, ran
     assert {"generate", "score", "tables"} <= set(rules) <= {"generate", "score"} | downstream, ran
-    assert all("tiny-sdxl-base" in w and "figure2" in w for r, w in ran if r in ("generate", "score"))
+    assert all("tiny-sdxl-base" in w and "tiny-eval" in w for r, w in ran if r in ("generate", "score"))
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in shard.glob("*.png")}
-    assert after == before and len(after) == 8
+    assert after == before and len(after) == 64  # 32 prompts x 2 images
 
 
 def test_lint_findings_are_only_the_justified_ones(checkout):

@@ -81,7 +81,7 @@ def score_files():
     return [
         f"results/scores/{group}/{method}/{prompt_set}/shard-{i}.parquet"
         for group in scoring_groups()
-        for method, prompt_set in evaluated_pairs(CONFIG)
+        for method, prompt_set in evaluated_pairs(CONFIG, scored=True)
         for i in range(n_shards(prompt_set))
     ]
 
@@ -89,7 +89,7 @@ def score_files():
 def table_files():
     return [
         f"results/tables/{prompt_set}.{ext}"
-        for prompt_set in evaluated_prompt_sets(CONFIG)
+        for prompt_set in evaluated_prompt_sets(CONFIG, scored=True)
         for ext in ("csv", "md")
     ]
 

@@ -5,7 +5,7 @@
 def report_table_html_files():
     """The tables shown inline in the report: one per evaluated prompt set, Table 3 (GenEval), and
     the paper-vs-ours tables (workflow/rules/paper_tables.smk)."""
-    files = [f"results/report/tables/{name}.html" for name in evaluated_prompt_sets(CONFIG)]
+    files = [f"results/report/tables/{name}.html" for name in evaluated_prompt_sets(CONFIG, scored=True)]
     if geneval_table_files():
         files.append("results/report/tables/table3_geneval.html")
     files += [

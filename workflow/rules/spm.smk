@@ -83,6 +83,7 @@ rule train_spm:
         "results/logs/train_spm/{run}.log",
     benchmark:
         "results/benchmarks/train_spm/{run}.tsv"
+    priority: 10  # on the way to the SPO training that needs it (train.smk)
     threads: job_threads("train_spm")
     resources:
         gpu=job_resource("train_spm", "gpu"),

@@ -19,6 +19,9 @@ rule train:
         "results/logs/train/{method}.log",
     benchmark:
         "results/benchmarks/train/{method}.tsv"
+    # The trainings are the DAG's longest jobs: start each as soon as it can run, so that none is
+    # left running alone on one core at the end (tiny DAG on 2 cores: a 40 s one-job tail before).
+    priority: 10
     threads: job_threads("train")
     resources:
         gpu=job_resource("train", "gpu"),
