@@ -117,9 +117,10 @@ def test_mspo_raises_the_analytic_preference_beyond_its_controls(tiny_run, check
     """MSPO on tiny SDXL: up with the preference (CI above 0) and well above both controls.
 
     Weaker than the SD-1.5 test on one point, because that is what holds here: with the tiny
-    SDXL recipe (k 4, j 2, lr 5e-3, 12 rounds) the negated control falls, but its CI still
-    reaches just above 0 (-0.46 [-0.92, +0.03]; issue 5 stays open on it). Up with the
-    preference (CI above 0), no significant move under a random preference (CI contains 0).
+    SDXL recipe (k 4, j 2, lr 5e-3, 11 rounds) the negated control's fall depends on the
+    training seed (seeds 0 / 1 / 2: -0.57 [-1.05, -0.09], -1.33 [-1.85, -0.75], +0.19 [-0.05,
+    +0.43]; issue 5 stays open on it), so its CI is not asserted. Up with the preference (CI
+    above 0), no significant move under a random preference (CI contains 0).
     """
     up, down, null = _controls(checkout, "sdxl", "mspo")
     assert up[1] > 0, up
