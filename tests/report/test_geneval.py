@@ -203,7 +203,8 @@ def test_tiny_dag_writes_the_layout_and_plans_an_import(tiny_dag_local, tmp_path
             assert json.loads((folder / "metadata.jsonl").read_text()) == meta[int(folder.name)]
             assert len(list((folder / "samples").glob("[0-9][0-9][0-9][0-9].png"))) == 4
         # the prompt set's own step count (Table 3's protocol), not generation's 20
-        steps = json.loads((layout / "provenance.json").read_text())["num_inference_steps"]
+        provenance = json.loads((layout / "provenance.json").read_text())
+        steps = provenance["resolved"]["num_inference_steps"]
         assert steps == config["prompt_sets"][spec["prompt_set"]]["num_inference_steps"] == 50
     md = (work / "results/tables/table3_geneval.md").read_text()
     assert md.count("GenEval not run for ") == len(spec["methods"])
