@@ -90,15 +90,20 @@ def load_method_pipeline(config: dict[str, Any], method: str, *, models_root: st
         LoraMismatchError: the method's LoRA changes no module, or not every module it names.
     """
     method_cfg = config["methods"][method]
+    unet_source = method_cfg.get("unet")
+    trained = Path(train_root) / method if "train" in method_cfg else None
+    full_unet = trained is not None and (trained / "unet" / "config.json").is_file()
+    if full_unet:  # a full-UNet training (Diffusion-DPO's official recipe): its UNet replaces the base's
+        unet_source = {"path": str(trained), "subfolder": "unet"}
     pipe = load_model_pipeline(config, method_cfg["model"], models_root=models_root, dtype=dtype,
-                               device="cpu", unet_source=method_cfg.get("unet"))
+                               device="cpu", unet_source=unet_source)
     if "lora" in method_cfg:
         _load_lora(pipe, method_cfg["lora"], method, key=f"methods.{method}.lora")
-    elif "train" in method_cfg:
-        trained = Path(train_root) / method
+    elif trained is not None and not full_unet:
         if not (trained / LORA_WEIGHTS).is_file():
-            raise FileNotFoundError(f"method '{method}' is trained but '{trained}' holds no "
-                                    f"{LORA_WEIGHTS}; run its training first (snakemake {trained})")
+            raise FileNotFoundError(f"method '{method}' is trained but '{trained}' holds neither "
+                                    f"{LORA_WEIGHTS} nor unet/; run its training first "
+                                    f"(snakemake {trained})")
         _load_lora(pipe, {"path": str(trained)}, method,
                    key=f"methods.{method}.train (its output {trained})")
     return pipe.to(device)

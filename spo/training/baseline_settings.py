@@ -38,7 +38,7 @@ class DPOSettings:
     empty_prompt_rate: float = 0.2  # prompts replaced by "" (official default 0.2)
     hflip: bool = True              # random horizontal flip of encoded images (not cached latents)
     optimizer: str = "adamw"        # adamw (train.weight_decay) | adafactor (official SDXL)
-    full_unet: bool = False         # only false (LoRA) is implemented
+    full_unet: bool = False         # true: every UNet weight (official); false: a LoRA
     timestep_range: tuple = (0, 999)  # t ~ U{lo..hi} (official: all of 0..999)
 
     def __post_init__(self):
@@ -62,10 +62,8 @@ class DPOSettings:
         lo_hi = tuple(self.timestep_range)
         if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]:
             bad("timestep_range", "give [lo, hi] with 0 <= lo <= hi < the scheduler's num_train_timesteps")
-        if self.full_unet:
-            bad("full_unet", "only LoRA training is implemented (generation loads LoRA folders); "
-                "set it to false, or evaluate the official full-UNet checkpoint through "
-                "methods.<name>.unet (mhdang/dpo-sd1.5-text2image-v1)")
+        if not isinstance(self.full_unet, bool):
+            bad("full_unet", "it must be true (train every UNet weight, the official recipe) or false (a LoRA)")
 
     @classmethod
     def from_train(cls, settings: TrainSettings) -> "DPOSettings":

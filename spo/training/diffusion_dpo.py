@@ -16,9 +16,10 @@ has no 1/2, so its beta is 2x ours: diffusers 2500 == Salesforce/ours 5000 (../s
 §5.1-5.2). The conditioning is text only (no CFG in training), with ``empty_prompt_rate`` of the
 prompts replaced by "" (official default 0.2).
 
-Only LoRA training is implemented (``full_unet: false``): full-UNet training would need a frozen
-deep copy of the UNet as the reference (the adapter trick cannot apply) and a UNet-folder output
-that generation does not load; ``full_unet: true`` is a config error naming that.
+Two parametrisations: a LoRA (``full_unet: false``; reference = adapter disabled), or, as the
+official runs, every UNet weight (``full_unet: true``; reference = a frozen copy of the starting
+UNet, the adapter trick cannot apply; output ``unet/`` in diffusers' layout, which generation
+loads in place of the base model's UNet, ``spo.models.pipelines.load_method_pipeline``).
 
 The LoRA, optimizer and step are checkpointed every ``checkpoint_every`` steps
 (``spo.training.checkpoints``); every random draw of a step is seeded by (seed, step, rank, micro
@@ -29,6 +30,7 @@ and provenance.json, exactly as ``train_spo`` writes them.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -86,20 +88,25 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def conditional_eps(backbone: Backbone, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
-                    dtype: torch.dtype) -> torch.Tensor:
+                    dtype: torch.dtype, unet=None) -> torch.Tensor:
     """eps_theta(x, t, c), text-conditional only (training has no CFG); SD-1.5 and SDXL alike
-    (SDXL's pooled embedding and time ids come from ``Backbone``). x: (B, C, h, w); t: (B,)."""
+    (SDXL's pooled embedding and time ids come from ``Backbone``). x: (B, C, h, w); t: (B,).
+    ``unet``: another UNet of the same architecture (the full-UNet reference), else the policy."""
+    unet = backbone.unet if unet is None else unet
     extra = {}
     if backbone.is_sdxl:
         extra["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(dtype),
                                       "time_ids": backbone.time_ids(x).repeat(len(x), 1)}
-    return backbone.unet(x.to(dtype), t.to(x.device), encoder_hidden_states=cond.cond.to(dtype),
-                         **extra).sample
+    return unet(x.to(dtype), t.to(x.device), encoder_hidden_states=cond.cond.to(dtype),
+                **extra).sample
 
 
 def micro_loss(backbone: Backbone, rows, dpo: DPOSettings, generator: torch.Generator,
-               dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Loss of one micro-batch of oriented pair rows (``dpo_data.PairSource.rows_of``)."""
+               dtype: torch.dtype, ref_unet=None) -> dict[str, torch.Tensor]:
+    """Loss of one micro-batch of oriented pair rows (``dpo_data.PairSource.rows_of``).
+
+    The reference is ``ref_unet`` (full-UNet training: a frozen copy of the starting weights),
+    else the policy UNet with its LoRA disabled."""
     scheduler, device = backbone.pipe.scheduler, backbone.device
     if scheduler.config.prediction_type != "epsilon":
         raise ValueError(f"Diffusion-DPO needs an epsilon-prediction model; the scheduler says "
@@ -120,8 +127,12 @@ def micro_loss(backbone: Backbone, rows, dpo: DPOSettings, generator: torch.Gene
     noise2, t2 = noise.repeat(2, 1, 1, 1), t.repeat(2)
     x_t = scheduler.add_noise(x0, noise2, t2).to(device)
     target = noise2.to(device)
-    with torch.no_grad(), reference_mode(backbone.unet):
-        ref = per_sample_mse(conditional_eps(backbone, x_t, t2, cond, dtype), target)
+    if ref_unet is not None:
+        with torch.no_grad():
+            ref = per_sample_mse(conditional_eps(backbone, x_t, t2, cond, dtype, ref_unet), target)
+    else:
+        with torch.no_grad(), reference_mode(backbone.unet):
+            ref = per_sample_mse(conditional_eps(backbone, x_t, t2, cond, dtype), target)
     model = per_sample_mse(conditional_eps(backbone, x_t, t2, cond, dtype), target)
     out = diffusion_dpo_loss(model[:m], model[m:], ref[:m], ref[m:], beta=dpo.beta)
     out.update(model_mse=model.detach().mean(), ref_mse=ref.mean())
@@ -165,8 +176,20 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
     log.info("%d decisive pairs (%d ties dropped) from %s", source.n_pairs, source.n_ties, pairs)
     unet = backbone.unet
     backbone.pipe.vae.requires_grad_(False)
-    params, adamw = trainable_lora(unet, settings)
+    ref_unet = None
+    if dpo.full_unet:
+        # The official recipe: every UNet weight trains against a frozen copy of the starting
+        # weights (SalesforceAIResearch/DiffusionDPO@8d3ee5c:train.py loads ref_unet apart); the
+        # copy is taken before a resume loads trained weights into the policy.
+        ref_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+        params = [p for p in unet.parameters()]
+        unet.requires_grad_(True)
+        adamw = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999),
+                                  weight_decay=settings.weight_decay, eps=1e-8)
+    else:
+        params, adamw = trainable_lora(unet, settings)
     optimizer = _optimizer(params, settings, dpo, adamw)
+    full = dpo.full_unet
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     dtype = unet.dtype
@@ -191,10 +214,11 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
         for j in range(n_micro):
             rows = source.rows_of(entries[j * dpo.micro_batch:(j + 1) * dpo.micro_batch])
             with accelerator.autocast():
-                out = micro_loss(backbone, rows, dpo, _generator(settings.seed, step, rank, j), dtype)
+                out = micro_loss(backbone, rows, dpo, _generator(settings.seed, step, rank, j), dtype,
+                                 ref_unet)
             stop_if_not_finite(
                 out["loss"], accelerator=accelerator,
-                save=save_state(checkpoint_dir, step, step, unet, optimizer, log_lines),
+                save=save_state(checkpoint_dir, step, step, unet, optimizer, log_lines, full_unet=full),
                 message=f"loss is {out['loss'].item()} at step {step}; a checkpoint of the last good "
                         f"state is in '{checkpoint_dir}'. Lower 'train.lr' or '{KEY}.beta', then rerun")
             accelerator.backward(out["loss"] / n_micro)
@@ -206,7 +230,8 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
                           "pairs_per_s": per_rank / (time.perf_counter() - tic)})
         end_of_unit(due=(step + 1) % settings.checkpoint_every == 0 or step + 1 == dpo.steps,
                     accelerator=accelerator, what=f"step {step + 1}", checkpoint_dir=checkpoint_dir,
-                    save=save_state(checkpoint_dir, step + 1, step + 1, unet, optimizer, log_lines))
+                    save=save_state(checkpoint_dir, step + 1, step + 1, unet, optimizer, log_lines,
+                                    full_unet=full))
         if (step + 1) % 50 == 0:
             log.info("step %d/%d: loss %.4f, implicit acc %.3f", step + 1, dpo.steps, sums["loss"],
                      sums["implicit_acc"])
@@ -214,6 +239,6 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
     info = {**(resolved or {}), "pairs": str(pairs), "latents": str(latents) if latents else None,
             "decisive_pairs": source.n_pairs, "ties_dropped": source.n_ties,
             "train_seconds_this_run": seconds}
-    write_outputs(out_dir, pipeline_class, unet, log_lines, info, accelerator)
+    write_outputs(out_dir, pipeline_class, unet, log_lines, info, accelerator, full_unet=full)
     return {"steps": dpo.steps, "seconds": seconds,
             "final_loss": log_lines[-1]["loss"] if log_lines else math.nan}

@@ -80,12 +80,16 @@ def end_of_unit(*, due: bool, accelerator, save: Callable[[], Any], what: str,
 
 def write_outputs(out_dir: str | Path, pipeline_class, unet, log_lines: list[dict[str, Any]],
                   info: dict[str, Any], accelerator,
-                  extra: Callable[[Path], None] | None = None) -> None:
-    """The trained method's folder, atomically, by the main process: the diffusers LoRA,
-    ``log.jsonl``, ``provenance.json`` (and whatever ``extra`` adds to the folder)."""
-    if accelerator.is_main_process:  # every rank holds the same LoRA: one writes it
+                  extra: Callable[[Path], None] | None = None, *, full_unet: bool = False) -> None:
+    """The trained method's folder, atomically, by the main process: the diffusers LoRA (or, with
+    ``full_unet``, the whole UNet as ``unet/`` in diffusers' layout), ``log.jsonl``,
+    ``provenance.json`` (and whatever ``extra`` adds to the folder)."""
+    if accelerator.is_main_process:  # every rank holds the same weights: one writes them
         with atomic_path(out_dir, is_dir=True) as tmp:
-            save_lora_diffusers(pipeline_class, unet, tmp)
+            if full_unet:
+                unet.save_pretrained(tmp / "unet", safe_serialization=True)
+            else:
+                save_lora_diffusers(pipeline_class, unet, tmp)
             (tmp / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in log_lines))
             if extra is not None:
                 extra(tmp)
@@ -93,6 +97,8 @@ def write_outputs(out_dir: str | Path, pipeline_class, unet, log_lines: list[dic
     accelerator.wait_for_everyone()
 
 
-def save_state(checkpoint_dir, index: int, step: int, unet, optimizer, log_lines) -> Callable[[], Any]:
+def save_state(checkpoint_dir, index: int, step: int, unet, optimizer, log_lines, *,
+               full_unet: bool = False) -> Callable[[], Any]:
     """A ``save`` callable for the two functions above (``spo.training.checkpoints.save``)."""
-    return lambda: checkpoints.save(checkpoint_dir, index, step, unet, optimizer, log_lines)
+    return lambda: checkpoints.save(checkpoint_dir, index, step, unet, optimizer, log_lines,
+                                    full_unet=full_unet)

@@ -132,6 +132,55 @@ def test_a_killed_run_resumes_to_the_same_lora(tiny_models, pairs_dir, tmp_path,
     assert len((resumed / "log.jsonl").read_text().splitlines()) == 4
 
 
+def test_full_unet_trains_every_weight_and_generation_loads_it(tiny_models, pairs_dir, tmp_path):
+    """The official parametrisation: the UNet's own weights change (no adapter), the VAE and text
+    encoder do not; the first step's loss is log 2 (policy = frozen reference copy); the output is
+    a diffusers ``unet/`` folder that ``load_method_pipeline`` puts in place of the base UNet."""
+    from safetensors.torch import load_file
+
+    from spo.models.pipelines import load_method_pipeline
+
+    base = _pipe(tiny_models)
+    before = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    vae_before = {k: v.clone() for k, v in base.vae.state_dict().items()}
+    pipe, out = _train(tiny_models, pairs_dir[0], tmp_path, "full", full_unet=True)
+    after = pipe.unet.state_dict()
+    assert after.keys() == before.keys() and not any("lora" in k for k in after)
+    changed = [k for k in after if not torch.equal(after[k], before[k])]
+    assert len(changed) > len(after) // 2, (len(changed), len(after))
+    assert all(torch.equal(v, vae_before[k]) for k, v in pipe.vae.state_dict().items())
+    log = [__import__("json").loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and len(log) == 4
+    assert (out / "unet" / "config.json").is_file() and not (out / "pytorch_lora_weights.safetensors").exists()
+    saved = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(saved[k], after[k]) for k in saved)
+
+    config = {"models": {"m": {"family": "sd15", "source": {"path": str(tiny_models / "pipelines/tiny-sd15")}}},
+              "methods": {"full": {"model": "m", "train": {"prompts": "p"}}}}
+    loaded = load_method_pipeline(config, "full", models_root=tiny_models, train_root=tmp_path)
+    assert all(torch.equal(v, after[k]) for k, v in loaded.unet.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="holds neither pytorch_lora_weights.safetensors nor unet/"):
+        load_method_pipeline(config, "full", models_root=tiny_models, train_root=tmp_path / "none")
+
+
+def test_a_killed_full_unet_run_resumes_to_the_same_unet(tiny_models, pairs_dir, tmp_path, monkeypatch):
+    """Checkpoints of a full-UNet run hold the UNet; the reference stays the starting weights."""
+    from safetensors.torch import load_file
+
+    folder = pairs_dir[0]
+    _, straight = _train(tiny_models, folder, tmp_path, "straight", full_unet=True)
+    calls = iter([False, True])
+    monkeypatch.setattr(loop, "should_checkpoint_and_exit", lambda: next(calls, False))
+    with pytest.raises(SystemExit):
+        _train(tiny_models, folder, tmp_path, "killed", full_unet=True)
+    assert list((tmp_path / "killed-ckpt").glob("*/unet.safetensors"))
+    monkeypatch.setattr(loop, "should_checkpoint_and_exit", lambda: False)
+    _, resumed = _train(tiny_models, folder, tmp_path, "killed", full_unet=True)
+    name = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(straight / name)), load_file(str(resumed / name))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_sdxl_conditioning_path_runs(tiny_models, pairs_dir):
     pipe = _pipe(tiny_models, "sdxl")
     from spo.training.lora import attach_lora
@@ -151,7 +200,7 @@ def test_sdxl_conditioning_path_runs(tiny_models, pairs_dir):
     ({"data": "toy", "betta": 1}, "train.diffusion_dpo.betta"),
     ({"data": "toy", "beta": -1}, "train.diffusion_dpo.beta"),
     ({"data": "toy", "batch_size": 6, "micro_batch": 4}, "train.diffusion_dpo.batch_size"),
-    ({"data": "toy", "full_unet": True}, "train.diffusion_dpo.full_unet"),
+    ({"data": "toy", "full_unet": "yes"}, "train.diffusion_dpo.full_unet"),
     ({"data": "toy", "optimizer": "sgd"}, "train.diffusion_dpo.optimizer"),
     ({"data": "toy", "empty_prompt_rate": 1.0}, "train.diffusion_dpo.empty_prompt_rate"),
 ])
