@@ -113,21 +113,15 @@ def test_spo_moves_the_analytic_preference_as_its_sign_says(tiny_run, checkout):
     assert null[1] <= 0 <= null[2], null
 
 
-def test_mspo_raises_the_analytic_preference_beyond_its_controls(tiny_run, checkout):
-    """MSPO on tiny SDXL: up with the preference (CI above 0) and well above both controls.
-
-    Weaker than the SD-1.5 test on one point, because that is what holds here: with the tiny
-    SDXL recipe (k 4, j 2, lr 5e-3, 11 rounds) the negated control's fall depends on the
-    training seed (seeds 0 / 1 / 2: -0.57 [-1.05, -0.09], -1.33 [-1.85, -0.75], +0.19 [-0.05,
-    +0.43]; issue 5 stays open on it), so its CI is not asserted. Up with the preference (CI
-    above 0), no significant move under a random preference (CI contains 0): both hold for the
-    DAG's seed 0, which this test pins; the rise itself is seed-dependent too (seed 1: +0.06
-    [-0.31, +0.38], seed 2: +1.01 [+0.56, +1.50]), unlike SPO on tiny SD-1.5 (all three seeds).
-    """
+def test_mspo_moves_the_analytic_preference_as_its_sign_says(tiny_run, checkout):
+    """MSPO (k 8, j 2) on tiny SDXL, the same three controls as SPO on tiny SD-1.5: up with the
+    preference, down with it negated (CIs excluding 0), no significant move under a random
+    preference (CI containing 0). Checked outside the DAG with training seeds 1 and 2 as well
+    (config/config.yaml); with k 4 the outcome depended on the seed."""
     up, down, null = _controls(checkout, "sdxl", "mspo")
     assert up[1] > 0, up
+    assert down[2] < 0, down
     assert null[1] <= 0 <= null[2], null
-    assert down[0] < 0 < up[0] and up[0] > null[0] > down[0], (up, down, null)
 
 
 def test_spo_with_the_trained_tiny_spm_raises_the_analytic_preference(tiny_run, checkout):
