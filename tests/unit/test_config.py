@@ -145,3 +145,18 @@ def test_like_cycles_and_unknown_parents(repo_root):
         resolve_method_templates({"methods": {"a": {"like": "b"}, "b": {"like": "a"}}})
     with pytest.raises(ConfigError, match="methods.a.like"):
         resolve_method_templates({"methods": {"a": {"like": "zz"}}})
+
+
+@pytest.mark.parametrize("family, trained", [("sd15", "spo"), ("sdxl", "mspo")])
+def test_tiny_controls_differ_from_their_method_only_in_the_preference(repo_root, family, trained):
+    """The negated and random controls train exactly the recipe of the analytic run (a nested YAML
+    merge once gave the MSPO controls k 4 where the recipe said k 8)."""
+    config = load_config([repo_root / "config" / "config.yaml"], root=repo_root)
+    methods = config["methods"]
+    recipe = dict(methods[f"tiny-{family}-{trained}-colorfulness"]["train"])
+    assert recipe["preference"] == {"name": "colorfulness"}
+    for control, preference in (("negated", {"name": "neg-colorfulness"}),
+                                ("random", {"name": "random", "seed": 0})):
+        train = dict(methods[f"tiny-{family}-{trained}-{control}"]["train"])
+        assert train.pop("preference") == preference
+        assert train == {k: v for k, v in recipe.items() if k != "preference"}, control
