@@ -30,6 +30,7 @@ and provenance.json, exactly as ``train_spo`` writes them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -50,7 +51,7 @@ from spo.training.dpo_data import PairSource, pair_latents
 from spo.training.lora import reference_mode
 from spo.training.loop import end_of_unit, optimizer_step, save_state, stop_if_not_finite, write_outputs
 from spo.training.settings import TrainSettings
-from spo.training.spo_trainer import trainable_lora
+from spo.training.spo_trainer import adamw, trainable_lora
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +128,9 @@ def micro_loss(backbone: Backbone, rows, dpo: DPOSettings, generator: torch.Gene
     noise2, t2 = noise.repeat(2, 1, 1, 1), t.repeat(2)
     x_t = scheduler.add_noise(x0, noise2, t2).to(device)
     target = noise2.to(device)
-    if ref_unet is not None:
-        with torch.no_grad():
-            ref = per_sample_mse(conditional_eps(backbone, x_t, t2, cond, dtype, ref_unet), target)
-    else:
-        with torch.no_grad(), reference_mode(backbone.unet):
-            ref = per_sample_mse(conditional_eps(backbone, x_t, t2, cond, dtype), target)
+    reference = reference_mode(backbone.unet) if ref_unet is None else contextlib.nullcontext()
+    with torch.no_grad(), reference:
+        ref = per_sample_mse(conditional_eps(backbone, x_t, t2, cond, dtype, ref_unet), target)
     model = per_sample_mse(conditional_eps(backbone, x_t, t2, cond, dtype), target)
     out = diffusion_dpo_loss(model[:m], model[m:], ref[:m], ref[m:], beta=dpo.beta)
     out.update(model_mse=model.detach().mean(), ref_mse=ref.mean())
@@ -143,9 +141,9 @@ def _generator(seed: int, *key: Any) -> torch.Generator:
     return torch.Generator().manual_seed(image_seed(seed, "dpo/" + "/".join(map(str, key)), 0))
 
 
-def _optimizer(params, settings: TrainSettings, dpo: DPOSettings, adamw):
+def _optimizer(params, settings: TrainSettings, dpo: DPOSettings):
     if dpo.optimizer == "adamw":
-        return adamw
+        return adamw(params, settings)
     from transformers.optimization import Adafactor
 
     # The official SDXL run's Adafactor (fixed lr, no relative step, update clipping 1.0).
@@ -182,13 +180,10 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
         # weights (SalesforceAIResearch/DiffusionDPO@8d3ee5c:train.py loads ref_unet apart); the
         # copy is taken before a resume loads trained weights into the policy.
         ref_unet = copy.deepcopy(unet).requires_grad_(False).eval()
-        params = [p for p in unet.parameters()]
-        unet.requires_grad_(True)
-        adamw = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999),
-                                  weight_decay=settings.weight_decay, eps=1e-8)
+        params = list(unet.requires_grad_(True).parameters())
     else:
-        params, adamw = trainable_lora(unet, settings)
-    optimizer = _optimizer(params, settings, dpo, adamw)
+        params, _ = trainable_lora(unet, settings)
+    optimizer = _optimizer(params, settings, dpo)
     full = dpo.full_unet
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()

@@ -1,6 +1,7 @@
 """The pieces every trainer's loop shares (SPO / MSPO, DDPO, D3PO, Diffusion-DPO).
 
-One optimizer step over the LoRA parameters, the stop on a non-finite loss, the end-of-unit
+One optimizer step over the trained parameters (a LoRA, or a whole UNet), a micro-batch's
+backward pass with gradient accumulation, the stop on a non-finite loss, the end-of-unit
 checkpoint with SLURM preemption, and the output folder: one implementation, so that the four
 trainers checkpoint, resume and write alike.
 """
@@ -27,7 +28,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 def average_gradients(params, world: int) -> None:
-    """Data parallelism by hand: mean of every LoRA gradient over the processes.
+    """Data parallelism by hand: mean of every trained parameter's gradient over the processes.
 
     Each process holds an equal share of the step's data and runs the same number of
     micro-batches, so the mean of the per-process gradients of a mean loss is the gradient of the
@@ -62,6 +63,20 @@ def stop_if_not_finite(loss: torch.Tensor, *, accelerator, save: Callable[[], An
     if accelerator.is_main_process:
         save()
     raise NonFiniteLossError(message)
+
+
+def backward_micro_batch(loss: torch.Tensor, j: int, n_micro: int, step: int, *, params, optimizer,
+                         accelerator, world: int, settings, save: Callable[[], Any],
+                         message: str) -> int:
+    """Micro-batch ``j`` of ``n_micro`` in a round: stop on a non-finite loss (``message``), back-
+    propagate ``loss / grad_accum``, and take an optimizer step after every ``grad_accum``
+    micro-batches and after the last one. Returns the optimizer step count after it."""
+    stop_if_not_finite(loss, accelerator=accelerator, save=save, message=message)
+    accelerator.backward(loss / settings.grad_accum)
+    if (j + 1) % settings.grad_accum == 0 or j + 1 == n_micro:
+        optimizer_step(params, optimizer, accelerator, world, settings.grad_clip)
+        return step + 1
+    return step
 
 
 def end_of_unit(*, due: bool, accelerator, save: Callable[[], Any], what: str,

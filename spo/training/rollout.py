@@ -23,7 +23,7 @@ import torch
 from spo.checkpoint import install_signal_handlers
 from spo.seeds import image_seed
 from spo.training import checkpoints
-from spo.training.loop import end_of_unit, optimizer_step, save_state, stop_if_not_finite, write_outputs
+from spo.training.loop import backward_micro_batch, end_of_unit, save_state, write_outputs
 from spo.training.settings import TrainSettings
 from spo.training.spo_trainer import micro_batches, round_prompts, total_rounds, trainable_lora
 
@@ -77,16 +77,13 @@ def train_rounds(backbone, pipeline_class, prompts: list[str], settings: TrainSe
                 with accelerator.autocast():
                     out = loss_fn(batch, cond)
                 loss = out["loss"]
-                stop_if_not_finite(
-                    loss, accelerator=accelerator,
+                step = backward_micro_batch(
+                    loss, j, len(micro), step, params=params, optimizer=optimizer,
+                    accelerator=accelerator, world=world, settings=settings,
                     save=save_state(checkpoint_dir, round_index, step, unet, optimizer, log_lines),
                     message=f"loss is {loss.item()} at optimizer step {step} (round {round_index}); a "
                             f"checkpoint of the last good state is in '{checkpoint_dir}'. Lower "
                             f"'train.lr', then rerun to resume")
-                accelerator.backward(loss / settings.grad_accum)
-                if (j + 1) % settings.grad_accum == 0 or j + 1 == len(micro):
-                    optimizer_step(params, optimizer, accelerator, world, settings.grad_clip)
-                    step += 1
                 log_lines.append({
                     "round": round_index, "step": step, "epoch": epoch, "loss": loss.item(),
                     **{k: float(v) for k, v in out.items() if k != "loss"},

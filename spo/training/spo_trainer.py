@@ -33,11 +33,10 @@ from spo.sampling.stepwise import PairBatch, sample_pairs
 from spo.seeds import image_seed
 from spo.training import checkpoints
 from spo.training.lora import attach_lora, reference_mode
-from spo.training.loop import (end_of_unit, optimizer_step, save_state, stop_if_not_finite,
-                               write_outputs)
+from spo.training.loop import backward_micro_batch, end_of_unit, save_state, write_outputs
 from spo.training.loop import NonFiniteLossError, average_gradients  # re-exported: the trainer's API
 
-__all__ = ["NonFiniteLossError", "average_gradients", "micro_batches", "pair_loss", "redistribute",
+__all__ = ["NonFiniteLossError", "average_gradients", "adamw", "micro_batches", "pair_loss", "redistribute",
            "round_prompts", "total_rounds", "train_spo", "trainable_lora", "transition_logprobs",
            "write_examples"]
 from spo.training.losses import spo_loss
@@ -121,9 +120,13 @@ def trainable_lora(unet, settings: TrainSettings) -> tuple[list[torch.nn.Paramet
         torch.manual_seed(settings.seed)
         params = attach_lora(unet, rank=settings.lora_rank, alpha=settings.lora_alpha,
                              init=settings.lora_init)
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999),
-                                  weight_decay=settings.weight_decay, eps=1e-8)
-    return params, optimizer
+    return params, adamw(params, settings)
+
+
+def adamw(params, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW with the official betas and eps, ``train.lr`` and ``train.weight_decay``."""
+    return torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999),
+                             weight_decay=settings.weight_decay, eps=1e-8)
 
 
 def micro_batches(pairs: PairBatch | None, size: int) -> list[PairBatch]:
@@ -209,16 +212,13 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
             with accelerator.autocast():
                 out = pair_loss(backbone, schedule, batch, cond, settings)
             loss = out["loss"]
-            stop_if_not_finite(
-                loss, accelerator=accelerator,
+            step = backward_micro_batch(
+                loss, j, len(micro), step, params=params, optimizer=optimizer,
+                accelerator=accelerator, world=world, settings=settings,
                 save=save_state(checkpoint_dir, round_index, step, unet, optimizer, log_lines),
                 message=f"loss is {loss.item()} at optimizer step {step} (round {round_index}); a "
                         f"checkpoint of the last good state is in '{checkpoint_dir}'. Lower "
                         f"'train.lr' or enable 'train.clamp_eps', then rerun to resume")
-            accelerator.backward(loss / settings.grad_accum)
-            if (j + 1) % settings.grad_accum == 0 or j + 1 == len(micro):
-                optimizer_step(params, optimizer, accelerator, world, settings.grad_clip)
-                step += 1
             log_lines.append({
                 "round": round_index, "step": step, "epoch": round_index * world * settings.prompts_per_round // max(1, len(prompts)),
                 "loss": loss.item(), "ratio_win": out["ratio_w"].mean().item(),
