@@ -25,6 +25,18 @@ def pytest_configure(config):
         pass
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one process state (device, precision) per process, and a job runs one
+    stage per process; tests run many in one, some pinned to the CPU on a GPU machine: each test
+    starts from none, as a job does (spo.training.loop.accelerator_on refuses a mixed one)."""
+    yield
+    import sys
+
+    if "accelerate.state" in sys.modules:
+        sys.modules["accelerate.state"].AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

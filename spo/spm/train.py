@@ -177,15 +177,14 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
         {"step": steps done, "resumed_from": step or None, "seconds": wall time of this call,
          "main": whether this is the main process, "batches": [[pair_id, ...], ...] if recorded}.
     """
-    from accelerate import Accelerator
-
     from spo.spm.stream import BatchOrder
+    from spo.training.loop import accelerator_on
 
     check_run_spec(run, spec)
     precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[spec.get("dtype", "float32")]
-    accel = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
-    rank, world = accel.process_index, accel.num_processes
     model = scorer.model
+    accel = accelerator_on(next(model.parameters()).device, precision)  # where the scorer was loaded
+    rank, world = accel.process_index, accel.num_processes
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)

@@ -32,6 +32,7 @@ from spo.sampling.ddim import DDIMSchedule
 from spo.sampling.stepwise import PairBatch
 from spo.sampling.trajectory import Trajectories, check_eta, sample_trajectories, score_final, step_subset
 from spo.training.baseline_settings import D3POSettings
+from spo.training.loop import accelerator_on
 from spo.training.rollout import all_round_prompts, generator, train_rounds
 from spo.training.settings import TrainSettings
 from spo.training.spo_trainer import pair_loss, redistribute, round_prompts
@@ -70,12 +71,10 @@ def train_d3po(backbone, pipeline_class, prompts: list[str], preference, setting
                out_dir: str | Path, checkpoint_dir: str | Path, accelerator=None,
                resolved: dict | None = None) -> dict[str, Any]:
     """Train the LoRA with D3PO; writes what ``train_spo`` writes. Signature of ``train_spo``."""
-    from accelerate import Accelerator
 
     opts = D3POSettings.from_settings(settings)
     check_eta(settings.eta)
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
-                                             mixed_precision=settings.mixed_precision)
+    accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
     scheduler = backbone.pipe.scheduler
     schedule = DDIMSchedule.from_scheduler(scheduler, settings.num_inference_steps)
 

@@ -33,6 +33,7 @@ import torch
 from spo.sampling.ddim import DDIMSchedule, ddim_transition, gaussian_logprob
 from spo.sampling.trajectory import check_eta, sample_trajectories, score_final, step_subset
 from spo.training.baseline_settings import DDPOSettings
+from spo.training.loop import accelerator_on
 from spo.training.rollout import all_round_prompts, generator, train_rounds
 from spo.training.settings import TrainSettings
 from spo.training.spo_trainer import round_prompts
@@ -141,12 +142,10 @@ def train_ddpo(backbone, pipeline_class, prompts: list[str], preference, setting
                out_dir: str | Path, checkpoint_dir: str | Path, accelerator=None,
                resolved: dict | None = None) -> dict[str, Any]:
     """Train the LoRA with DDPO; writes what ``train_spo`` writes. Signature of ``train_spo``."""
-    from accelerate import Accelerator
 
     opts = DDPOSettings.from_settings(settings)
     check_eta(settings.eta)
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
-                                             mixed_precision=settings.mixed_precision)
+    accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
     scheduler = backbone.pipe.scheduler
     schedule = DDIMSchedule.from_scheduler(scheduler, settings.num_inference_steps)
     tracker = (PerPromptStatTracker(opts.buffer_size, opts.min_count)

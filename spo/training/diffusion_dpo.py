@@ -49,7 +49,8 @@ from spo.training import checkpoints
 from spo.training.baseline_settings import KEY, DPOSettings
 from spo.training.dpo_data import PairSource, pair_latents
 from spo.training.lora import reference_mode
-from spo.training.loop import end_of_unit, optimizer_step, save_state, stop_if_not_finite, write_outputs
+from spo.training.loop import (accelerator_on, end_of_unit, optimizer_step, save_state, stop_if_not_finite,
+                               write_outputs)
 from spo.training.settings import TrainSettings
 from spo.training.spo_trainer import adamw, trainable_lora
 
@@ -158,14 +159,12 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
     """Train a LoRA with offline Diffusion-DPO on the pairs folder ``pairs`` (``prompts`` and
     ``preference`` are unused: the pairs carry prompts and labels). ``latents``: an optional
     ``spm-latents`` cache of the same pairs. Resumes from ``checkpoint_dir``; returns a summary."""
-    from accelerate import Accelerator
 
     dpo = DPOSettings.from_train(settings)
     if pairs is None:
         raise ValueError(f"Diffusion-DPO needs the pairs of '{KEY}.data' ({dpo.data}); pass "
                          f"--pairs results/spm/pairs/{dpo.data}/train")
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
-                                             mixed_precision=settings.mixed_precision)
+    accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
     if dpo.batch_size % (dpo.micro_batch * world):
         raise ValueError(f"config key '{KEY}.batch_size' is {dpo.batch_size}; with {world} processes "

@@ -27,6 +27,26 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; a checkpoint was written before stopping."""
 
 
+def accelerator_on(device: torch.device | str, mixed_precision: str = "no"):
+    """An ``accelerate.Accelerator`` on the device the models were loaded on.
+
+    The stage chooses the device (``cuda`` when there is one, else ``cpu``; a caller may pass
+    ``cpu`` on a GPU machine); the trainers move their tensors to ``accelerator.device``, so the
+    two must agree: asking accelerate for "a GPU if there is one" put the labels on ``cuda:0``
+    while a model loaded on the CPU stayed there. accelerate's process state is one per process:
+    once it is set up on one device it stays there, which this says instead of training on two.
+    """
+    from accelerate import Accelerator
+
+    want = torch.device(device).type
+    accelerator = Accelerator(cpu=want == "cpu", mixed_precision=mixed_precision)
+    if accelerator.device.type != want:
+        raise RuntimeError(f"the models are on '{want}' but this process's accelerate state is "
+                           f"already on '{accelerator.device}' (one device per process): run the "
+                           "stage in a fresh process, or load the models on that device")
+    return accelerator
+
+
 def average_gradients(params, world: int) -> None:
     """Data parallelism by hand: mean of every trained parameter's gradient over the processes.
 

@@ -23,7 +23,7 @@ import torch
 from spo.checkpoint import install_signal_handlers
 from spo.seeds import image_seed
 from spo.training import checkpoints
-from spo.training.loop import backward_micro_batch, end_of_unit, save_state, write_outputs
+from spo.training.loop import accelerator_on, backward_micro_batch, end_of_unit, save_state, write_outputs
 from spo.training.settings import TrainSettings
 from spo.training.spo_trainer import micro_batches, round_prompts, total_rounds, trainable_lora
 
@@ -47,10 +47,8 @@ def train_rounds(backbone, pipeline_class, prompts: list[str], settings: TrainSe
         loss_fn: ``loss_fn(batch, cond) -> dict`` with a scalar ``loss`` and scalar metrics.
         replay: called with the resumed log, to rebuild state that lives in it (reward statistics).
     """
-    from accelerate import Accelerator
 
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
-                                             mixed_precision=settings.mixed_precision)
+    accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
     unet = backbone.pipe.unet
     params, optimizer = trainable_lora(unet, settings)
     if settings.gradient_checkpointing:

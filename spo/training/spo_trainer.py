@@ -33,7 +33,7 @@ from spo.sampling.stepwise import PairBatch, sample_pairs
 from spo.seeds import image_seed
 from spo.training import checkpoints
 from spo.training.lora import attach_lora, reference_mode
-from spo.training.loop import backward_micro_batch, end_of_unit, save_state, write_outputs
+from spo.training.loop import accelerator_on, backward_micro_batch, end_of_unit, save_state, write_outputs
 from spo.training.loop import NonFiniteLossError, average_gradients  # re-exported: the trainer's API
 
 __all__ = ["NonFiniteLossError", "average_gradients", "adamw", "micro_batches", "pair_loss", "redistribute",
@@ -169,10 +169,8 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
 
     Resumes from the newest complete checkpoint in ``checkpoint_dir``. Returns summary statistics.
     """
-    from accelerate import Accelerator
 
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
-                                             mixed_precision=settings.mixed_precision)
+    accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
     unet = backbone.pipe.unet
     params, optimizer = trainable_lora(unet, settings)
     if settings.gradient_checkpointing:

@@ -171,6 +171,19 @@ def test_killed_run_resumes_to_the_same_lora(tiny_models, tmp_path, monkeypatch)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_accelerator_is_on_the_models_device():
+    """The trainers put their tensors on ``accelerator.device``: it must be where the models are
+    (on a GPU machine, "cuda if available" once put the SPM's labels on cuda:0 beside a scorer the
+    caller had loaded on the CPU). accelerate's state is one per process: a second device is an
+    error that names both, not a silent training on the first."""
+    from spo.training.loop import accelerator_on
+
+    assert accelerator_on("cpu").device.type == "cpu"
+    assert accelerator_on(torch.device("cpu"), "no").device.type == "cpu"
+    with pytest.raises(RuntimeError, match="models are on 'cuda'.*already on 'cpu'.*fresh process"):
+        accelerator_on("cuda")
+
+
 def test_nan_loss_stops_with_a_checkpoint(tiny_models, tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
 
