@@ -63,10 +63,11 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     from spo.spm.backbone import load_backbone
     from spo.spm.stream import PairStream
     from spo.spm.train import VAL_COLUMNS, add_pseudo_labels, check_run_spec, train_loop, validate
+    from spo.training.loop import process_device
 
     spec = config["spm"]["runs"][run]
     check_run_spec(run, spec)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or process_device()  # cuda:<LOCAL_RANK> under a multi-GPU launch
     began = time.perf_counter()
     torch.manual_seed(spec["seed"])  # the timestep embedder's init draws from the global generator
     model_dir, processor_dir = resolve_pickscore(config, models_root)

@@ -17,12 +17,11 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
     ``pairs`` / ``latents``: the preference-pair folder (and an optional latent cache) of an
     offline trainer (``train.algorithm: diffusion-dpo``); on-line trainers ignore them.
     """
-    import torch
-
     from spo.models.backbone import Backbone, default_resolution
     from spo.models.pipelines import load_model_pipeline, pipeline_class
     from spo.preference import build_preference
     from spo.prompts import load_prompt_set
+    from spo.training.loop import process_device
     from spo.training.settings import TrainSettings, trainer_for
 
     method_cfg = config["methods"][method]
@@ -30,7 +29,7 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
         raise ValueError(f"method '{method}' has no 'train' block; nothing to train")
     settings = TrainSettings.from_config(method_cfg["train"])
     model_cfg = config["models"][method_cfg["model"]]
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or process_device()  # cuda:<LOCAL_RANK> under a multi-GPU launch
     pipe = load_model_pipeline(config, method_cfg["model"], models_root=models_root, device=device)
     resolution = (settings.resolution or config["generation"]["resolution"]
                   or default_resolution(pipe))

@@ -180,8 +180,44 @@ def test_the_accelerator_is_on_the_models_device():
 
     assert accelerator_on("cpu").device.type == "cpu"
     assert accelerator_on(torch.device("cpu"), "no").device.type == "cpu"
-    with pytest.raises(RuntimeError, match="models are on 'cuda'.*already on 'cpu'.*fresh process"):
+    with pytest.raises(RuntimeError, match="models are on 'cuda'.*is on 'cpu'.*fresh process"):
         accelerator_on("cuda")
+
+
+def test_each_launched_process_trains_on_its_own_gpu(monkeypatch):
+    """``accelerate launch --multi_gpu`` starts one process per GPU with LOCAL_RANK set; a plain
+    "cuda" in each would load all the copies of the model on GPU 0 (accelerate then puts rank r's
+    state on cuda:r). CPU runs, distributed or not, stay on the CPU."""
+    from spo.training.loop import process_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_device() == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert process_device() == "cpu"  # gloo processes on CPUs (the distributed tests)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    for rank in range(4):
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        assert process_device() == f"cuda:{rank}"
+    monkeypatch.setenv("LOCAL_RANK", "5")  # fewer visible GPUs than local processes: as accelerate
+    assert process_device() == "cuda:1"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert process_device() == "cuda"
+
+
+def test_a_model_on_another_gpu_than_the_accelerator_is_caught(monkeypatch):
+    """What ``accelerator_on`` compares: the type, and for GPUs the index ("cuda" alone meaning the
+    current GPU); accelerate names the CPU of a distributed CPU run "cpu:0"."""
+    from spo.training.loop import _same_device
+
+    cpu, cpu0 = torch.device("cpu"), torch.device("cpu:0")
+    assert _same_device(cpu, cpu0) and not _same_device(cpu, torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # rank 1 after accelerate's set_device
+    assert _same_device(torch.device("cuda"), torch.device("cuda:1"))
+    assert not _same_device(torch.device("cuda:0"), torch.device("cuda:1"))
+    assert not _same_device(torch.device("cuda:0"), torch.device("cuda"))
 
 
 def test_nan_loss_stops_with_a_checkpoint(tiny_models, tmp_path, monkeypatch):
