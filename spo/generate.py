@@ -52,10 +52,11 @@ def generation_settings(config: dict[str, Any], method: str, prompt_set: str) ->
 
 
 def pick_device(dtype: str) -> str:
-    import torch
+    from spo.devices import process_device
 
-    if torch.cuda.is_available():
-        return "cuda"
+    device = process_device()
+    if device != "cpu":
+        return device
     if dtype != "float32":
         raise ValueError(f"config key 'generation.dtype' is {dtype!r} but no GPU is available; "
                          f"use float32 on the CPU")

@@ -61,13 +61,12 @@ def score_shards(config: dict[str, Any], metrics: str | Sequence[str], shard_dir
 
     Each scorer is built once (weights loaded once) and freed before the next one is built.
     """
-    import torch
-
+    from spo.devices import process_device
     from spo.metrics import build_scorer, resolve_weights
 
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     manifest = pd.concat([read_manifest(d) for d in shard_dirs], ignore_index=True)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or process_device()
     frames, records = [], {}
     for metric in metrics:
         spec = config["metrics"][metric]

@@ -63,7 +63,7 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     from spo.spm.backbone import load_backbone
     from spo.spm.stream import PairStream
     from spo.spm.train import VAL_COLUMNS, add_pseudo_labels, check_run_spec, train_loop, validate
-    from spo.training.loop import process_device
+    from spo.devices import process_device
 
     spec = config["spm"]["runs"][run]
     check_run_spec(run, spec)
@@ -159,14 +159,14 @@ def cache_latents(config, pairs_dir, model: str, out_dir, *, models_root, resolu
     """
     import numpy as np
     import pandas as pd
-    import torch
 
+    from spo.devices import process_device
     from spo.io import atomic_path, write_parquet_atomic
     from spo.spm.backbone import load_backbone
     from spo.spm.data import pair_files
     from spo.spm.stream import PairStream
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = process_device()
     backbone = load_backbone(config, model, models_root=models_root, device=device)
     with atomic_path(out_dir, is_dir=True) as tmp:
         for file in pair_files([pairs_dir]):

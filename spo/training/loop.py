@@ -2,8 +2,8 @@
 
 One optimizer step over the trained parameters (a LoRA, or a whole UNet), a micro-batch's
 backward pass with gradient accumulation, the stop on a non-finite loss, the end-of-unit
-checkpoint with SLURM preemption, and the output folder: one implementation, so that the four
-trainers checkpoint, resume and write alike.
+checkpoint with SLURM preemption, the output folder, and the accelerate state on the models'
+device: one implementation, so that the four trainers checkpoint, resume and write alike.
 """
 
 from __future__ import annotations
@@ -27,19 +27,6 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; a checkpoint was written before stopping."""
 
 
-def process_device() -> str:
-    """The device this process trains on: ``cuda:<LOCAL_RANK>`` under a launcher that starts one
-    process per GPU (``accelerate launch --multi_gpu`` and ``torchrun`` set ``LOCAL_RANK``; the
-    index modulo the visible GPUs, as accelerate assigns them), ``cuda`` for one process, else
-    ``cpu``. A plain ``cuda`` in every process would load all N copies of the model on GPU 0."""
-    import os
-
-    if not torch.cuda.is_available():
-        return "cpu"
-    local = os.environ.get("LOCAL_RANK")
-    return "cuda" if local is None else f"cuda:{int(local) % torch.cuda.device_count()}"
-
-
 def _same_device(a: torch.device, b: torch.device) -> bool:
     """Same type, and for GPUs the same index ("cuda" alone is the current GPU; "cpu:0" is "cpu")."""
     if a.type != b.type:
@@ -53,12 +40,12 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 def accelerator_on(device: torch.device | str, mixed_precision: str = "no"):
     """An ``accelerate.Accelerator`` on the device the models were loaded on.
 
-    The stage chooses the device (``process_device``; a caller may pass ``cpu`` on a GPU machine);
-    the trainers move tensors to ``accelerator.device``, so the two must agree: asking accelerate
-    for "a GPU if there is one" put the labels on ``cuda:0`` while a model loaded on the CPU stayed
-    there. accelerate's process state is one per process: once it is set up on one device it stays
-    there, and a model on another device (another type, or another GPU under a multi-GPU launch)
-    is an error here, not at the first mixed operation.
+    The stage chooses the device (``spo.devices.process_device``; a caller may pass ``cpu`` on a
+    GPU machine); the trainers move tensors to ``accelerator.device``, so the two must agree:
+    asking accelerate for "a GPU if there is one" put the labels on ``cuda:0`` while a model
+    loaded on the CPU stayed there. accelerate's process state is one per process: once it is set
+    up on one device it stays there, and a model on another device (another type, or another GPU
+    under a multi-GPU launch) is an error here, not at the first mixed operation.
     """
     from accelerate import Accelerator
 
@@ -68,7 +55,7 @@ def accelerator_on(device: torch.device | str, mixed_precision: str = "no"):
         raise RuntimeError(f"the models are on '{want}' but this process's accelerate state is "
                            f"on '{accelerator.device}' (one device per process): run the stage in "
                            "a fresh process, or load the models on that device "
-                           "(spo.training.loop.process_device)")
+                           "(spo.devices.process_device)")
     return accelerator
 
 

@@ -47,7 +47,6 @@ def train_rounds(backbone, pipeline_class, prompts: list[str], settings: TrainSe
         loss_fn: ``loss_fn(batch, cond) -> dict`` with a scalar ``loss`` and scalar metrics.
         replay: called with the resumed log, to rebuild state that lives in it (reward statistics).
     """
-
     accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
     unet = backbone.pipe.unet
     params, optimizer = trainable_lora(unet, settings)

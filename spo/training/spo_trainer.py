@@ -169,7 +169,6 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
 
     Resumes from the newest complete checkpoint in ``checkpoint_dir``. Returns summary statistics.
     """
-
     accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
     unet = backbone.pipe.unet
     params, optimizer = trainable_lora(unet, settings)

@@ -21,7 +21,7 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
     from spo.models.pipelines import load_model_pipeline, pipeline_class
     from spo.preference import build_preference
     from spo.prompts import load_prompt_set
-    from spo.training.loop import process_device
+    from spo.devices import process_device
     from spo.training.settings import TrainSettings, trainer_for
 
     method_cfg = config["methods"][method]

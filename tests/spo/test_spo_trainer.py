@@ -188,7 +188,7 @@ def test_each_launched_process_trains_on_its_own_gpu(monkeypatch):
     """``accelerate launch --multi_gpu`` starts one process per GPU with LOCAL_RANK set; a plain
     "cuda" in each would load all the copies of the model on GPU 0 (accelerate then puts rank r's
     state on cuda:r). CPU runs, distributed or not, stay on the CPU."""
-    from spo.training.loop import process_device
+    from spo.devices import process_device
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
