@@ -105,6 +105,7 @@ def provenance(stage: str, resolved: dict[str, Any]) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     from spo import __version__
+    from spo.environment import summary
 
     return {
         "stage": stage,
@@ -113,5 +114,6 @@ def provenance(stage: str, resolved: dict[str, Any]) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": versions,
+        "environment": summary(),
         "resolved": resolved,
     }

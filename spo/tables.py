@@ -70,7 +70,11 @@ def to_markdown(summary: pd.DataFrame, title: str, method_order: Sequence[str] =
     wide = wide.loc[order]
     n = summary.groupby("method")["n_images"].max()
     conf = summary["confidence"].iloc[0]
+    from spo.environment import LOCK_FILE, short_lock_hash
+
     lines = [f"# {title}", "",
+             f"Environment: `{LOCK_FILE}` {short_lock_hash()} (sha256 prefix; provenance.json "
+             f"of every output has the full hash).", "",
              f"Mean score per method, with the {conf:.0%} bootstrap CI over prompts in brackets.", "",
              "| method | n images | " + " | ".join(wide.columns) + " |",
              "|---|---|" + "---|" * len(wide.columns)]
@@ -102,6 +106,9 @@ def build_tables(config: dict[str, Any], score_files: Sequence[str | Path],
     deltas = baseline_deltas(scores, baselines, samples=opts["bootstrap_samples"],
                              confidence=opts["confidence"], seed=opts["seed"])
     summary = summary.merge(deltas, on=["prompt_set", "method", "metric"], how="left")
+    from spo.environment import short_lock_hash
+
+    summary = summary.assign(environment_lock=short_lock_hash())
     out = {}
     for prompt_set in evaluated_prompt_sets(config, scored=True):
         part = summary[summary["prompt_set"] == prompt_set]

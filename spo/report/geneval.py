@@ -203,8 +203,10 @@ def _cell(value: Any) -> str:
 
 
 def table3_markdown(table: pd.DataFrame, notes: Iterable[str], settings: dict[str, Any]) -> str:
+    from spo.environment import LOCK_FILE, short_lock_hash
+
     cols = [*TASKS.values(), "Overall"]
-    lines = ["# Table 3: GenEval", ""]
+    lines = ["# Table 3: GenEval", "", f"Environment: `{LOCK_FILE}` {short_lock_hash()}.", ""]
     if settings:
         lines += ["Generated with " + ", ".join(f"{k} {v}" for k, v in settings.items())
                   + "; scored by GenEval's own detector outside this DAG (imported), summarised as "

@@ -37,8 +37,11 @@ def header_lines(config: dict[str, Any], numbers: PaperNumbers, plan, frame: pd.
     opts = config["tables"]
     lines = [f"Paper: {table.cite()}." if short else
              f"Paper: \"{table.caption}\" ({table.cite()}). Paper setting: {table.setting}."]
+    from spo.environment import LOCK_FILE, short_lock_hash
+
     config_line = (f"profile `{profile}`, resolved config `{config_hash}` "
-                   f"(results/config/{config_hash}.yaml)")
+                   f"(results/config/{config_hash}.yaml), environment `{LOCK_FILE}` "
+                   f"{short_lock_hash()}")
     if not plan.run:
         lines.append(f"**Not run**: no method of this config ({config_line}) fills a row of this "
                      f"table (`methods.<name>.paper: {{table: {plan.number}, row: <key>}}`); only "
@@ -180,7 +183,10 @@ def to_latex(config, numbers, plan, frame, config_hash) -> str:
 def write_table(out_dir: Path, config: dict[str, Any], numbers: PaperNumbers, plan,
                 frame: pd.DataFrame, config_hash: str) -> None:
     stem = out_dir / f"table{plan.number}"
-    csv = frame.assign(profile=config["profile"], config_hash=config_hash, paper_version="v3",
+    from spo.environment import short_lock_hash
+
+    csv = frame.assign(profile=config["profile"], config_hash=config_hash,
+                       environment_lock=short_lock_hash(), paper_version="v3",
                        paper_source=numbers.tables[plan.number].cite())
     write_text_atomic(stem.with_suffix(".csv"), csv.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(stem.with_suffix(".md"), to_markdown(config, numbers, plan, frame, config_hash))

@@ -25,6 +25,13 @@ except ConfigError as exc:
 # - "Specify a conda environment or container for each rule": every rule runs the same `spo`
 #   package in one environment (environment.yml / pyproject.toml); a per-rule conda env would build
 #   the multi-GB torch stack once per rule hash for no isolation gain.
+# An install that is not the lock (requirements.lock) may give other numbers than the expected
+# results: say which packages differ before the first job runs (each job's log repeats it).
+from spo.environment import check_install, mismatch_message
+
+if not workflow.remote_exec and check_install():
+    logger.warning("WARNING: " + mismatch_message(check_install()))
+
 RESOLVED_CONFIG = f"results/config/{stable_hash(CONFIG)}.yaml"
 if not Path(RESOLVED_CONFIG).exists():
     write_text_atomic(RESOLVED_CONFIG, yaml.safe_dump(CONFIG, sort_keys=False))
