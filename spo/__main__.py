@@ -3,6 +3,8 @@
 Stages (each a thin wrapper over a library function, so tests call the functions directly):
 
     tiny-model   build a tiny random-init pipeline (``--model``) or scorer (``--metric``)
+    pretrain-tiny  pretrain one part of the tiny world (spo/world; rule pretrain_tiny)
+    expected-results  a finished tiny run's headline numbers -> data/expected-results/tiny.json
     generate     one shard of one prompt set through one method
     score        one metric over generation shards
     train        train a method's LoRA with SPO / MSPO
@@ -46,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--metric", help="a key of `metrics` whose weights are tiny")
     group.add_argument("--spm-pickscore", action="store_true",
                        help="the tiny PickScore that `spm.pickscore` names (SPM initialisation)")
+
+    p = stage("pretrain-tiny", "pretrain one part of the tiny world (world.pretrain)")
+    p.add_argument("--part", required=True,
+                   help="vae, clip-a, clip-b, pickscore, sd15, sdxl (spo.world.settings.PARTS)")
+    p.add_argument("--parts", required=True, help="folder holding the finished parts it builds on")
+    p.add_argument("--checkpoints", default=None,
+                   help="resumable checkpoints of this part (every part but release)")
+
+    stage("world-prompts", "write the tiny world's prompt files from its grammar (--out: a folder)")
+
+    p = stage("expected-results", "the finished run's headline numbers as the expected-results file")
+    p.add_argument("--results", default="results", help="the finished run's results folder")
 
     p = stage("generate", "generate one shard of a prompt set with one method")
     p.add_argument("--method", required=True)
@@ -129,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from spo.environment import check_install, mismatch_message
+
+    mismatches = check_install()
+    if mismatches:  # numbers made off the lock may differ from the expected results
+        logging.getLogger("spo").warning(mismatch_message(mismatches))
     threads = args.threads or int(os.environ.get("SPO_THREADS", "0"))
     if threads and args.stage not in _NO_TORCH_STAGES:
         import torch
@@ -157,6 +176,37 @@ def _tiny_model(config, args) -> int:
         if not seeds:
             raise SystemExit(f"error: metrics.{args.metric} has no tiny weights in this config")
         save_tiny_weights(spec.get("scorer", args.metric), args.out, seed=seeds[0])
+    return 0
+
+
+def _pretrain_tiny(config, args) -> int:
+    from spo.world.pretrain import run_part
+
+    if args.part != "release" and not args.checkpoints:
+        raise SystemExit(f"error: --checkpoints is required for part {args.part!r}")
+    run_part(args.part, config.get("world"), args.parts, args.out, checkpoints=args.checkpoints)
+    return 0
+
+
+def _world_prompts(config, args) -> int:
+    from spo.world.grammar import WorldSpec
+    from spo.world.prompts import write_prompt_files
+
+    world = dict(config.get("world") or {})
+    world.pop("pretrain", None)
+    for path in write_prompt_files(WorldSpec.from_config(world), args.out):
+        print(path)
+    return 0
+
+
+def _expected_results(config, args) -> int:
+    from spo.expected import ExpectedResultsError, write
+
+    try:
+        write(args.results, config, args.out)
+    except ExpectedResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -246,9 +296,10 @@ def _table_html(config, args) -> int:
     return 0
 
 
-_NO_TORCH_STAGES = {"tables", "paper-tables", "geneval-layout", "geneval-table", "table-html"}
+_NO_TORCH_STAGES = {"expected-results", "world-prompts", "tables", "paper-tables", "geneval-layout", "geneval-table", "table-html"}
 
-_STAGES = {"tiny-model": _tiny_model, "generate": _generate, "fetch-prompts": _fetch_prompts,
+_STAGES = {"tiny-model": _tiny_model, "pretrain-tiny": _pretrain_tiny,
+           "expected-results": _expected_results, "world-prompts": _world_prompts, "generate": _generate, "fetch-prompts": _fetch_prompts,
            "train": _train, "score": _score,
            "tables": _tables, "paper-tables": _paper_tables,
            "spm-pairs": _spm, "spm-latents": _spm, "train-spm": _spm,

@@ -239,11 +239,27 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
         if scorer not in known:
             out.append(f"config key 'metrics.{name}' names scorer '{scorer}', which does not exist"
                        f"{_suggest(scorer, known)}; available: {', '.join(sorted(known))}")
+    if config.get("world") is not None:
+        out += _world_errors(config["world"])
     if config.get("figures"):  # issue 7: methods and prompt sets the figures name
         from spo.report.figures import check_figures
 
         out += check_figures(config)
     return out
+
+
+def _world_errors(block: dict[str, Any]) -> list[str]:
+    """The ``world`` block through the classes that use it (torch-free)."""
+    from spo.world.grammar import WorldError, WorldSpec
+    from spo.world.settings import PretrainSettings
+
+    rest = {k: v for k, v in block.items() if k != "pretrain"}
+    try:
+        WorldSpec.from_config(rest)
+        PretrainSettings.from_config(block.get("pretrain"))
+    except (WorldError, TypeError) as exc:
+        return [str(exc)]
+    return []
 
 
 def _train_errors(config: dict[str, Any], name: str, method: dict[str, Any]) -> list[str]:

@@ -70,6 +70,8 @@ def score_shards(config: dict[str, Any], metrics: str | Sequence[str], shard_dir
     frames, records = [], {}
     for metric in metrics:
         spec = config["metrics"][metric]
+        if spec.get("scorer", metric) == "adherence":  # the tiny world's detector reads its grammar
+            spec = {**spec, "world": config.get("world")}
         weights = resolve_weights(spec, tiny_root=str(Path(models_root) / "metrics" / metric))
         scorer = build_scorer(spec.get("scorer", metric), spec, device=device,
                               dtype=spec.get("dtype", "float32"), weights=weights)

@@ -19,6 +19,7 @@ from spo.metrics.base import Scorer, ScorerError
 # name -> "module:factory". The factory takes (spec, device, dtype, weights) and returns a Scorer.
 _REGISTRY: dict[str, str] = {
     "colorfulness": "spo.metrics.colorfulness:build",
+    "adherence": "spo.metrics.adherence:build",
     "pickscore": "spo.metrics.pickscore:build",
     "hpsv2": "spo.metrics.hpsv2:build",
     "hpsv2.1": "spo.metrics.hpsv2:build_v21",

@@ -47,8 +47,16 @@ def local_root(spec: dict[str, Any], tiny_dir: str | os.PathLike | None) -> Path
     """The local folder for a path or tiny source; None for a hub source."""
     if "path" in spec:
         root = Path(spec["path"])
+        from spo.world.manifest import ShippedWorldError, check_path, world_root_of
+
         if not root.exists():
+            if world_root_of(root.parent) is not None:  # inside the shipped tiny world: say how to get it back
+                check_path(root.parent)
             raise SourceError(f"{describe(spec)} does not exist; fix `path:` in the config or create it")
+        try:
+            check_path(root)  # a shipped tiny-world model: every file must match its manifest
+        except ShippedWorldError as exc:
+            raise SourceError(str(exc)) from None
         return root
     if "tiny" in spec:
         if tiny_dir is None:
@@ -56,7 +64,7 @@ def local_root(spec: dict[str, Any], tiny_dir: str | os.PathLike | None) -> Path
         root = Path(tiny_dir)
         if not root.exists():
             raise SourceError(f"the tiny model folder '{root}' does not exist; build it with "
-                              f"`snakemake --cores 1 {root}` or `python -m spo tiny-models`")
+                              f"`snakemake --cores 1 {root}`")
         return root
     return None
 

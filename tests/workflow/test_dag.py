@@ -233,3 +233,21 @@ def test_released_profile_plans_every_released_row(tmp_path):
                 assert ("score", f"scoring={metric}, {where}") in planned, (metric, where)
     assert not [w for rule, w in planned if rule == "train" and any(f"method={m}" == w for m in rows)]
     assert ("tables", "") in planned
+
+
+def test_the_run_reproduces_the_expected_results(tiny_run, checkout, config, repo_root):
+    """Exact on the lock and this CPU family, else within expected.TOLERANCE; every difference printed."""
+    from spo import expected
+
+    want = expected.load(repo_root / expected.DEFAULT_FILE)
+    got = expected.collect(checkout / "results", config)
+    exact, why = expected.exact_comparison_applies(want)
+    diffs = expected.compare(want, got, exact=exact)
+    print(f"expected results: {'exact' if exact else 'tolerance'} comparison ({why}); "
+          f"{len(diffs)} difference(s)")
+    for line in diffs:
+        print("  " + line)
+    assert not diffs, (f"the tiny run differs from {expected.DEFAULT_FILE} "
+                       f"({'exact' if exact else 'tolerance'} comparison: {why}):\n  "
+                       + "\n  ".join(diffs[:40]) + f"\nif the change is intended: `{expected.COMMAND}` "
+                       f"on a finished run, then `python -m spo.expected readme`")

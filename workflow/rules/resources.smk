@@ -38,6 +38,8 @@ JOB_SIZES = {
     # SPO / MSPO LoRA training (PAPER.md §1.5-1.6): SD-1.5 took 12 h and SDXL 29.5 h on 4 x A100;
     # one job holds the node's GPUs. The tiny profile trains in minutes on one CPU core.
     "train": {"gpu": JobSize(4, 128000, 48 * 60, 16), "cpu": JobSize(0, 8000, 60, 1)},
+    # The tiny world's pretraining parts (CPU, one core each: the shipped recipe's determinism).
+    "pretrain_tiny": {"cpu": JobSize(0, 8000, 90, 1)},
 }
 
 
@@ -92,6 +94,11 @@ def job_resource(rule_name, key):
 
     resource.__name__ = f"{rule_name}_{key}"
     return resource
+
+
+def job_resources(rule_name):
+    """The four `resources:` entries of a rule, for `resources: **job_resources("<rule>")`."""
+    return {key: job_resource(rule_name, key) for key in JobSize._fields}
 
 
 def job_threads(rule_name):

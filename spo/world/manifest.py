@@ -1,0 +1,96 @@
+"""The shipped tiny world (``data/tiny-world/``): its manifest, and the check every load makes.
+
+``manifest.json`` (written by ``pretrain-tiny --part release``) records the recipe (the world's
+grammar and ``world.pretrain`` as resolved), the seed, the exact commands, the code commit, the
+environment, and the sha256 and size of every shipped file. ``verify`` compares a folder with its
+manifest; ``check_path`` runs it (once per process) for any model path inside a shipped world, so a
+missing or altered file stops the job with the file, the expected hash and the command that
+rebuilds it, instead of loading other weights silently.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+FORMAT, VERSION = "spo-tiny-world", 1
+MANIFEST = "manifest.json"
+SHIPPED = ("sd15", "sdxl", "pickscore")
+REBUILD = ("`snakemake --cores 2 pretrain_tiny` rebuilds the world into results/tiny-world/release "
+           "(then copy it over data/tiny-world), or `git checkout -- data/tiny-world` restores "
+           "the committed files")
+
+
+class ShippedWorldError(RuntimeError):
+    """A shipped tiny-world file is missing or differs from its manifest."""
+
+
+def file_table(root: Path) -> dict[str, dict[str, Any]]:
+    from spo.io import sha256_file
+
+    return {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise ShippedWorldError(f"'{path}' does not exist; {REBUILD}")
+    data = json.loads(path.read_text())
+    if data.get("format") != FORMAT:
+        raise ShippedWorldError(f"'{path}' is not a tiny-world manifest (format {data.get('format')!r})")
+    return data
+
+
+def verify(root: str | Path, only: str | None = None) -> list[str]:
+    """Problems of ``root`` against its manifest, one line each ([] when every file matches).
+
+    ``only``: a sub-folder (``sd15``) to check instead of everything.
+    """
+    from spo.io import sha256_file
+
+    root = Path(root)
+    manifest = read_manifest(root)
+    problems = []
+    for name, entry in sorted(manifest["files"].items()):
+        if only and not name.startswith(only.rstrip("/") + "/"):
+            continue
+        path = root / name
+        if not path.is_file():
+            problems.append(f"shipped file '{path}' is missing (expected sha256 {entry['sha256']})")
+        elif path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            problems.append(f"shipped file '{path}' has sha256 {sha256_file(path)}, the manifest "
+                            f"expects {entry['sha256']}")
+    return problems
+
+
+def world_root_of(path: str | Path) -> Path | None:
+    """The shipped world folder holding ``path`` (a manifest in it or a parent), else None."""
+    path = Path(path).resolve()
+    for folder in [path, *path.parents][:4]:
+        if (folder / MANIFEST).is_file():
+            try:
+                if json.loads((folder / MANIFEST).read_text()).get("format") == FORMAT:
+                    return folder
+            except ValueError:
+                return None
+    return None
+
+
+@lru_cache(maxsize=None)
+def _checked(root: str, only: str | None) -> None:
+    problems = verify(root, only)
+    if problems:
+        raise ShippedWorldError("the shipped tiny world does not match its manifest:\n  "
+                                + "\n  ".join(problems[:10]) + f"\n{REBUILD}")
+
+
+def check_path(path: str | Path) -> None:
+    """Verify the shipped files a model path reads (a no-op for paths outside a shipped world)."""
+    root = world_root_of(path)
+    if root is None:
+        return
+    rel = Path(path).resolve().relative_to(root).parts
+    _checked(str(root), rel[0] if rel else None)

@@ -1,0 +1,73 @@
+"""Assemble the pretrained parts into the shipped layout, write its manifest, and compare it with
+the world already shipped (``data/tiny-world``): does this run reproduce its hashes?
+
+    <release>/sd15/        StableDiffusionPipeline.save_pretrained (VAE, CLIP-a text encoder, UNet)
+    <release>/sdxl/        StableDiffusionXLPipeline.save_pretrained (same VAE, CLIP-a and CLIP-b text encoders)
+    <release>/pickscore/   model/ (CLIPModel) and processor/ (tokenizer, preprocessor_config.json)
+    <release>/manifest.json
+    <release>/../reproduction.json   this build's hashes against the shipped manifest's
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from spo.world.manifest import FORMAT, MANIFEST, SHIPPED, VERSION, file_table, read_manifest
+from spo.world.grammar import WorldSpec
+from spo.world.settings import PretrainSettings
+
+COMMAND = "snakemake --cores 2 pretrain_tiny"
+SHIPPED_ROOT = "data/tiny-world"
+
+
+def release(spec: WorldSpec, ps: PretrainSettings, parts_root: str | Path, out_dir: str | Path,
+            shipped_root: str | Path = SHIPPED_ROOT) -> dict:
+    from spo.environment import summary
+    from spo.expected import cpu_family
+    from spo.io import _git_commit, atomic_path, write_json_atomic
+
+    parts_root, out_dir = Path(parts_root), Path(out_dir)
+    records = {}
+    for part in ("vae", "clip-a", "clip-b", "pickscore", "sd15", "sdxl"):
+        path = parts_root / part / "pretrain.json"
+        if path.is_file():
+            record = json.loads(path.read_text())["resolved"]
+            records[part] = {"command": " ".join(record["argv"]).replace(record["argv"][0], "python -m spo", 1),
+                             "seconds": record.get("seconds"), "final_loss": record.get("final_loss")}
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        for part in SHIPPED:
+            shutil.copytree(parts_root / part, tmp / part, ignore=shutil.ignore_patterns("pretrain.json"))
+        manifest = {"format": FORMAT, "version": VERSION, "command": COMMAND,
+                    "git_commit": _git_commit(), "environment": summary(), "cpu": cpu_family(),
+                    "seed": ps.seed, "config": {"world": _plain(asdict(spec)), "pretrain": _plain(asdict(ps))},
+                    "parts": records, "files": file_table(tmp)}
+        write_json_atomic(tmp / MANIFEST, manifest)
+    report = compare_with_shipped(manifest, shipped_root)
+    write_json_atomic(out_dir.parent / "reproduction.json", report)
+    return report
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def compare_with_shipped(manifest: dict, shipped_root: str | Path) -> dict:
+    """Which files of this build equal the shipped ones (by sha256), which differ."""
+    try:
+        shipped = read_manifest(shipped_root)
+    except Exception as exc:  # noqa: BLE001 - no shipped world yet: nothing to compare with
+        return {"shipped": str(shipped_root), "compared": False, "why": str(exc)}
+    ours, theirs = manifest["files"], shipped["files"]
+    same = sorted(n for n in ours if n in theirs and ours[n]["sha256"] == theirs[n]["sha256"])
+    differ = sorted(n for n in ours if n in theirs and ours[n]["sha256"] != theirs[n]["sha256"])
+    return {"shipped": str(shipped_root), "compared": True,
+            "identical": not differ and set(ours) == set(theirs),
+            "same": same, "differ": differ,
+            "only_here": sorted(set(ours) - set(theirs)), "only_shipped": sorted(set(theirs) - set(ours))}

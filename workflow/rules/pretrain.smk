@@ -1,0 +1,58 @@
+# The tiny world's pretraining (issue 16; spo/world): not part of the default target, because its
+# result ships with the repository (data/tiny-world/). `snakemake --cores 2 pretrain_tiny` rebuilds
+# every part into results/tiny-world/parts/, assembles results/tiny-world/release/ with its
+# manifest, and writes results/tiny-world/reproduction.json: whether the build reproduces the shipped
+# files' sha256 hashes. Parts that do not depend on each other run in parallel (2 cores: ~45 min).
+PRETRAIN_ROOT = "results/tiny-world"
+PRETRAIN_NEEDS = {"vae": [], "clip-a": [], "clip-b": [], "pickscore": ["clip-b"],
+                  "sd15": ["vae", "clip-a"], "sdxl": ["vae", "clip-a", "clip-b"]}
+
+
+def pretrain_fingerprint(wildcards=None):
+    return stable_hash(CONFIG.get("world") or {})
+
+
+def pretrain_checkpoints(wildcards):
+    # one folder per recipe: a changed `world` block starts afresh instead of resuming stale state
+    return f"results/checkpoints/tiny-world/{pretrain_fingerprint()}/{wildcards.part}"
+
+
+rule pretrain_tiny_part:
+    input:
+        lambda wildcards: [f"{PRETRAIN_ROOT}/parts/{p}" for p in PRETRAIN_NEEDS[wildcards.part]],
+    output:
+        directory(f"{PRETRAIN_ROOT}/parts/{{part}}"),
+    wildcard_constraints:
+        part="|".join(PRETRAIN_NEEDS),
+    params:
+        fingerprint=pretrain_fingerprint,
+        checkpoints=pretrain_checkpoints,
+    log:
+        "results/logs/pretrain_tiny/{part}.log",
+    benchmark:
+        "results/benchmarks/pretrain_tiny/{part}.tsv"
+    threads: job_threads("pretrain_tiny")
+    resources:
+        **job_resources("pretrain_tiny"),
+    shell:
+        "{PYTHON} -m spo pretrain-tiny --config {RESOLVED_CONFIG} --part {wildcards.part}"
+        " --parts {PRETRAIN_ROOT}/parts --checkpoints {params.checkpoints} --threads {threads}"
+        " --out {output} > {log} 2>&1"
+
+
+rule pretrain_tiny:
+    input:
+        [f"{PRETRAIN_ROOT}/parts/{p}" for p in PRETRAIN_NEEDS],
+    output:
+        release=directory(f"{PRETRAIN_ROOT}/release"),
+        report=f"{PRETRAIN_ROOT}/reproduction.json",
+    params:
+        fingerprint=pretrain_fingerprint,
+    log:
+        "results/logs/pretrain_tiny/release.log",
+    benchmark:
+        "results/benchmarks/pretrain_tiny/release.tsv"
+    localrule: True
+    shell:
+        "{PYTHON} -m spo pretrain-tiny --config {RESOLVED_CONFIG} --part release"
+        " --parts {PRETRAIN_ROOT}/parts --out {output.release} > {log} 2>&1"
