@@ -17,7 +17,7 @@ from typing import Any
 
 FORMAT, VERSION = "spo-tiny-world", 1
 MANIFEST = "manifest.json"
-SHIPPED = ("sd15", "sdxl", "pickscore")
+SHIPPED = ("sd15", "sdxl", "pickscore", "sdxl-half-way")
 REBUILD = ("`snakemake --cores 2 pretrain_tiny` rebuilds the world into results/tiny-world/release "
            "(then copy it over data/tiny-world), or `git checkout -- data/tiny-world` restores "
            "the committed files")

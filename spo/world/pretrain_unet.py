@@ -13,6 +13,8 @@ sampling feeds the UNet), once per distinct caption: the text encoders are froze
 
 from __future__ import annotations
 
+import copy
+import shutil
 from pathlib import Path
 
 import torch
@@ -132,12 +134,24 @@ def train_unet(family: str, spec: WorldSpec, ps: PretrainSettings, parts_root: P
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         return (per_sample * min_snr_weight(alphas, t, ps.min_snr_gamma)).mean()
 
+    # The EMA half-way through, kept in fp16: a second, earlier model of the family (the LoRA
+    # transfer figure applies a LoRA trained on the final model to it). Saved when reached, so a
+    # resumed run still has it.
+    half_way = checkpoints / f"half-way-{ps.unet.steps // 2}"
+
+    def keep_half_way(done: int) -> None:
+        if done == ps.unet.steps // 2 and not (half_way / "config.json").is_file():
+            with atomic_path(half_way, is_dir=True) as tmp:
+                copy.deepcopy(ema.shadow).to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+
     losses = run_steps(family, unet, optimizer, steps=ps.unet.steps,
               lr=lambda s: cosine_lr(s, ps.unet.steps, ps.unet.lr, ps.unet.lr_floor, ps.unet.warmup),
               loss_at=loss_at, checkpoint_dir=checkpoints, checkpoint_every=ps.checkpoint_every,
-              ema=ema, part_key="unet")
+              ema=ema, part_key="unet", on_step=keep_half_way)
     pipe.unet = ema.shadow
     pipe.register_modules(unet=ema.shadow)
     with atomic_path(out_dir, is_dir=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        write_record(tmp, family, losses)
+        if (half_way / "config.json").is_file():
+            shutil.copytree(half_way, tmp / "half-way" / "unet")
+        write_record(tmp, family, losses, half_way_step=ps.unet.steps // 2)

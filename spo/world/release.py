@@ -4,6 +4,7 @@ the world already shipped (``data/tiny-world``): does this run reproduce its has
     <release>/sd15/        StableDiffusionPipeline.save_pretrained (VAE, CLIP-a text encoder, UNet)
     <release>/sdxl/        StableDiffusionXLPipeline.save_pretrained (same VAE, CLIP-a and CLIP-b text encoders)
     <release>/pickscore/   model/ (CLIPModel) and processor/ (tokenizer, preprocessor_config.json)
+    <release>/sdxl-half-way/unet/   the SDXL UNet's EMA half-way through training, fp16 (LoRA transfer)
     <release>/manifest.json
     <release>/../reproduction.json   this build's hashes against the shipped manifest's
 """
@@ -38,8 +39,11 @@ def release(spec: WorldSpec, ps: PretrainSettings, parts_root: str | Path, out_d
             records[part] = {"command": " ".join(record["argv"]).replace(record["argv"][0], "python -m spo", 1),
                              "seconds": record.get("seconds"), "final_loss": record.get("final_loss")}
     with atomic_path(out_dir, is_dir=True) as tmp:
-        for part in SHIPPED:
-            shutil.copytree(parts_root / part, tmp / part, ignore=shutil.ignore_patterns("pretrain.json"))
+        for part in ("sd15", "sdxl", "pickscore"):
+            shutil.copytree(parts_root / part, tmp / part,
+                            ignore=shutil.ignore_patterns("pretrain.json", "half-way"))
+        # the SDXL UNet half-way through its training (fp16): the LoRA-transfer figure's second model
+        shutil.copytree(parts_root / "sdxl" / "half-way", tmp / "sdxl-half-way")
         manifest = {"format": FORMAT, "version": VERSION, "command": COMMAND,
                     "git_commit": _git_commit(), "environment": summary(), "cpu": cpu_family(),
                     "seed": ps.seed, "config": {"world": _plain(asdict(spec)), "pretrain": _plain(asdict(ps))},

@@ -62,12 +62,13 @@ def run_steps(part: str, model: torch.nn.Module, optimizer: torch.optim.Optimize
               steps: int, lr: Callable[[int], float], loss_at: Callable[[int], torch.Tensor],
               checkpoint_dir: str | Path, checkpoint_every: int, ema: EMA | None = None,
               grad_clip: float | None = 1.0, part_key: str | None = None,
-              progress: bool = True) -> list[float]:
+              on_step: Callable[[int], None] | None = None, progress: bool = True) -> list[float]:
     """Train ``model`` for ``steps`` optimizer steps, resuming from ``checkpoint_dir``.
 
     Args:
         loss_at: the loss of step i (forward pass only; this loop runs backward and the step).
         lr: the learning rate of step i.
+        on_step: called with the number of steps done after each step (before its checkpoint).
     Returns:
         The loss of every step run in this call (not the resumed ones).
     """
@@ -116,6 +117,8 @@ def run_steps(part: str, model: torch.nn.Module, optimizer: torch.optim.Optimize
         recent = losses[-50:]
         bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
         done = step + 1
+        if on_step is not None:
+            on_step(done)
         if done % checkpoint_every == 0 or done == steps or should_checkpoint_and_exit():
             save(done)
             if should_checkpoint_and_exit() and done < steps:

@@ -63,7 +63,7 @@ def test_the_manifest_hashes_every_shipped_file(short_world):
     assert set(manifest["parts"]) == {"vae", "clip-a", "clip-b", "pickscore", "sd15", "sdxl"}
     assert manifest["parts"]["sd15"]["command"].startswith("python -m spo")  # argv of the part
     assert manifest["environment"]["lock_sha256"]
-    assert {n.split("/")[0] for n in manifest["files"]} == {"sd15", "sdxl", "pickscore"}
+    assert {n.split("/")[0] for n in manifest["files"]} == {"sd15", "sdxl", "pickscore", "sdxl-half-way"}
     assert verify(release) == []
     report = json.loads((short_world / "reproduction.json").read_text())
     assert "compared" in report
