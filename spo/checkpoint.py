@@ -58,6 +58,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written; the message names the folder and the reason."""
 
 
+class Preempted(Exception):
+    """Raised inside a long unit of work (a sampling loop, a round's micro-batches) once a
+    preemption signal has arrived, so that the trainer checkpoints within SLURM's grace period
+    instead of at the end of the unit."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A complete checkpoint: its step, its folder, and what ``load`` returned (or None)."""

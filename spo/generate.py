@@ -13,6 +13,7 @@ reduction order, which is fixed for a given shard and batch size).
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,45 @@ from spo.config import images_per_prompt, inference_steps, method_guidance_scale
 from spo.io import atomic_path, provenance, stable_hash, write_json_atomic, write_parquet_atomic
 from spo.prompts import load_prompt_set, shard_slice
 from spo.seeds import image_seed
+
+log = logging.getLogger(__name__)
+
+
+class GenerationError(RuntimeError):
+    """A shard cannot be generated as asked (the method's weights make the sampler diverge)."""
+
+
+def check_pixels(images, config: dict[str, Any], method: str, names: list[str]) -> None:
+    """Raise on non-finite pixels (a diverged model decodes to NaN, which PNG would store as
+    black): no such image is written, so none is ever scored. ``images``: (N, H, W, 3) floats."""
+    import numpy as np
+
+    bad = [n for n, img in zip(names, images) if not np.isfinite(img).all()]
+    if not bad:
+        return
+    method_cfg = config["methods"][method]
+    if "train" in method_cfg:
+        fix = (f"its LoRA (results/train/{method}) makes the sampler diverge: retrain it with a "
+               f"lower 'methods.{method}.train.lr' (now {method_cfg['train'].get('lr', 'the default')}), "
+               f"delete results/train/{method} and rerun `snakemake --cores 1 results/train/{method}`")
+    else:
+        fix = (f"check the weights of 'methods.{method}' (its model '{method_cfg['model']}' and "
+               f"any `lora:` / `unet:`), or set 'generation.dtype' to float32")
+    raise GenerationError(f"method '{method}' generated {len(bad)} images with NaN or infinite "
+                          f"pixels (first: {bad[0]}); not writing them (they would be black PNGs): {fix}")
+
+
+def warn_black(pil_images, method: str, names: list[str]) -> int:
+    """Log a warning for images whose every pixel is 0; returns how many there were."""
+    import numpy as np
+
+    black = [n for n, img in zip(names, pil_images) if int(np.asarray(img).max()) == 0]
+    if black:
+        log.warning("method '%s': %d of %d images are all black (first: %s); a model or LoRA that "
+                    "diverged gives black images: check its training log before trusting the scores",
+                    method, len(black), len(names), black[0])
+    return len(black)
+
 
 MANIFEST_COLUMNS = ["method", "model", "prompt_set", "shard", "prompt_id", "prompt", "image_index",
                     "seed", "path", "num_inference_steps", "guidance_scale", "eta", "height",
@@ -97,10 +137,14 @@ def generate_shard(config: dict[str, Any], method: str, prompt_set: str, shard: 
             seeds = [image_seed(settings["seed"], pid, idx) for pid, _, idx in chunk]
             generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
             with torch.inference_mode():
-                images = pipe(prompt=[p for _, p, _ in chunk], generator=generators,
+                arrays = pipe(prompt=[p for _, p, _ in chunk], generator=generators,
                               num_inference_steps=settings["num_inference_steps"],
                               guidance_scale=settings["guidance_scale"], eta=settings["eta"],
-                              height=side, width=side, output_type="pil").images
+                              height=side, width=side, output_type="np").images
+            names = [f"{pid}_{idx}.png" for pid, _, idx in chunk]
+            check_pixels(arrays, config, method, names)
+            images = pipe.image_processor.numpy_to_pil(arrays)  # what output_type="pil" does
+            warn_black(images, method, names)
             for (pid, text, idx), seed, image in zip(chunk, seeds, images):
                 name = f"{pid}_{idx}.png"
                 image.save(tmp / name, format="PNG")

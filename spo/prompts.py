@@ -20,12 +20,30 @@ class PromptError(ValueError):
     """A prompt file is empty, malformed or has duplicate ids."""
 
 
+def read_utf8(path: Path) -> str:
+    """The text of a prompt file; a byte sequence that is not UTF-8 is a ``PromptError`` naming
+    the file, the line and column, the bytes, and how to convert the file."""
+    blob = path.read_bytes()
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = blob.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (blob.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise PromptError(
+            f"prompt file '{path}' is not UTF-8: line {line}, column {column} has the bytes "
+            f"{blob[exc.start:exc.end + 3]!r} ({exc.reason}). Save it as UTF-8, e.g. "
+            f"`iconv -f latin1 -t utf-8 '{path}' > '{path}.utf8' && mv '{path}.utf8' '{path}'` "
+            f"(if it was written in Latin-1; `file '{path}'` guesses the encoding)") from None
+
+
 def read_prompt_tsv(path: str | Path) -> pd.DataFrame:
     """Read a ``prompt_id<TAB>prompt`` file with a header line. Returns a validated frame."""
+    import io
+
     path = Path(path)
     if not path.is_file():
         raise PromptError(f"prompt file '{path}' does not exist; fix `prompt_sets.<name>.source.path`")
-    with open(path, newline="", encoding="utf-8") as handle:
+    with io.StringIO(read_utf8(path), newline="") as handle:
         rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows:
         raise PromptError(f"prompt file '{path}' is empty; it needs a header 'prompt_id<TAB>prompt' "
@@ -72,7 +90,7 @@ def read_prompt_json(path: str | Path, sha256: str | None = None) -> pd.DataFram
     if sha256 and sha256_file(path) != sha256:
         raise PromptError(f"checksum mismatch for '{path}': expected sha256 {sha256}, found "
                           f"{sha256_file(path)}; delete it and fetch it again")
-    rows = json.loads(path.read_text(encoding="utf-8"))
+    rows = json.loads(read_utf8(path))
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "caption" in r for r in rows):
         raise PromptError(f"prompt file '{path}' must be a JSON list of objects with a 'caption'")
     ids = [str(r.get("trainset_idx", i)) for i, r in enumerate(rows)]

@@ -14,6 +14,11 @@ Two pipelines cover all four metrics:
 
 Both return float32 tensors (N, 3, S, S). Writing our own keeps the result independent of whether
 transformers picks its torchvision or its PIL image-processor backend (they differ by up to 0.015).
+
+``processor_pixels`` is ``center_crop_pixels`` for image *tensors*: the one function through which
+a PickScore-type preference model sees generated or dataset pixels (the DDPO / D3PO reward, the
+SDXL SPM's PickScore pseudo-labels, the resize of Pick-a-Pic images before the VAE), equal to the
+PIL-based CLIP processor the PickScore metric and the official code use (antialiased bicubic).
 """
 
 from __future__ import annotations
@@ -136,3 +141,24 @@ def longest_pad_pixels(images: Sequence[Image.Image], *, size: int,
         x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
         out.append((x - m) / s)
     return torch.cat(out)
+
+
+def processor_pixels(images, *, size: int, crop: int, mean: Sequence[float] = OPENAI_CLIP_MEAN,
+                     std: Sequence[float] = OPENAI_CLIP_STD):
+    """[0, 1] image tensors (N, 3, H, W), any device -> the CLIP processor's pixels (N, 3, crop, crop).
+
+    Equal to transformers' PIL-backend ``CLIPImageProcessor`` (4.27's, which the official SPM and
+    PickScore code call; ``CLIPImageProcessorPil`` in transformers 5) applied to the PIL images
+    diffusers' ``numpy_to_pil`` makes of the tensors (``(x * 255).round()`` as uint8): RGB, PIL
+    bicubic (antialiased) resize of the shortest side to ``size``, floor centre crop, normalise.
+    With ``mean = 0``, ``std = 1`` it is the processor's resize and crop alone ([0, 1] output).
+    Returns float32 on the images' device.
+    """
+    import torch
+
+    arr = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    arr = arr.permute(0, 2, 3, 1).cpu().numpy()
+    pil = [Image.fromarray(a) for a in arr]
+    out = center_crop_pixels(pil, size=size, crop=crop, mean=mean, std=std, convert_first=True,
+                             crop_rounding="floor")
+    return out.to(images.device)

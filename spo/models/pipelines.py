@@ -36,6 +36,11 @@ class LoraMismatchError(ValueError):
     """A LoRA file does not fit the base model: its keys reach no (or not every) module."""
 
 
+class LoraWeightsError(ValueError):
+    """A LoRA file is damaged (truncated) or holds NaN / infinite weights, which would make every
+    image black."""
+
+
 def pipeline_class(family: str):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -56,6 +61,7 @@ def load_model_pipeline(config: dict[str, Any], model_name: str, *, models_root:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     model_cfg = config["models"][model_name]
+    unet_source = unet_source or model_cfg.get("unet")  # a method's own UNet wins over the model's
     torch_dtype = DTYPES[dtype]
     tiny_dir = tiny_model_dir(models_root, model_name)
     parts: dict[str, Any] = {}
@@ -119,6 +125,14 @@ def _load_lora(pipe, spec: dict[str, Any], method: str, *, key: str) -> None:
     if "tiny" in spec:
         raise ValueError(f"config key '{key}' cannot be tiny; give `path:` or a hub `id`/`revision`")
     path = fetch_file(spec, default_file=LORA_WEIGHTS)
+    trained = key.startswith(f"methods.{method}.train")
+    fix = (f"delete '{path.parent}' and train it again (`snakemake --cores 1 {path.parent}`)" if trained else
+           f"fetch the file again (delete '{path}'), or fix the config key '{key}'")
+    from spo.io import safetensors_problem
+
+    problem = safetensors_problem(path) if path.suffix == ".safetensors" else None
+    if problem:
+        raise LoraWeightsError(f"config key '{key}': the LoRA file '{path}' {problem}; {fix}")
     try:
         # diffusers' own reading and key conversion, so the check below sees the keys it loads
         state, _ = pipe.lora_state_dict(str(path.parent), weight_name=path.name)
@@ -126,6 +140,14 @@ def _load_lora(pipe, spec: dict[str, Any], method: str, *, key: str) -> None:
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise LoraMismatchError(f"config key '{key}': '{path}' is not a LoRA file diffusers can "
                                 f"read ({type(exc).__name__}: {first}); {_LORA_FIX}") from exc
+    bad = [k for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        why = (f"its training diverged: retrain it with a lower 'methods.{method}.train.lr' "
+               f"(then {fix})" if trained else fix)
+        raise LoraWeightsError(f"config key '{key}': the LoRA '{path}' holds NaN or infinite values "
+                               f"in {len(bad)} of {len(state)} tensors (first: {bad[0]}); every "
+                               f"image generated with it would be black. Not loading it: {why}")
     try:
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=method)
     except (ValueError, KeyError, RuntimeError) as exc:  # e.g. shape mismatch: other architecture

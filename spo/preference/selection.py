@@ -4,6 +4,8 @@ Official rule (RockeyCoss/SPO@27a8642:spo_training_and_inference/spo/preference_
 read, not copied): take the best and the worst candidate by preference score, and keep the pair
 only when the softmax probabilities of the two scores differ by more than a threshold
 (0.3 for SD-1.5, 0.4 for SDXL). For two logits, p_best - p_worst = tanh((s_best - s_worst) / 2).
+Ties as the official ``torch.sort(descending=True)`` leaves them (stable: tied candidates keep
+their order): the best is the first of the highest scores, the worst the *last* of the lowest.
 The "random" variant (paper Table 8) draws two distinct candidates and orders them by score.
 """
 
@@ -37,7 +39,9 @@ def select_pairs(scores: torch.Tensor, *, threshold: float, mode: str = "best-wo
         raise ValueError(f"pair threshold must be in [0, 1), got {threshold}")
     scores = scores.detach().float().cpu()
     if mode == "best-worst":
-        win, lose = scores.argmax(dim=1), scores.argmin(dim=1)
+        # argmax / argmin return the first index; the official sort puts the last tied lowest last
+        k = scores.shape[1]
+        win, lose = scores.argmax(dim=1), (k - 1) - scores.flip(1).argmin(dim=1)
     elif mode == "random":
         k = scores.shape[1]
         first = torch.randint(0, k, (len(scores),), generator=generator)

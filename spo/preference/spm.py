@@ -55,6 +55,13 @@ def build_spm_no_step(spec, *, device="cpu", dtype="float32", models_root=None):
 
 
 def build_pickscore(spec, *, device="cpu", dtype="float32", models_root=None):
+    """PickScore sees pixels as its CLIP processor makes them (``SPMScorer.resize``: "processor")."""
+    scorer = _pickscore(spec, device, dtype, models_root)
+    scorer.resize = "processor"
+    return scorer
+
+
+def _pickscore(spec, device, dtype, models_root):
     if spec.get("model_dir") and spec.get("processor_dir"):  # resolved from spm.pickscore by the stage
         return from_pickscore(spec["model_dir"], spec["processor_dir"], time_condition=False,
                               device=device, dtype=dtype)

@@ -39,20 +39,40 @@ class SPMScorer:
 
     ``scorer(images (N,3,H,W) in [0,1], prompts, timesteps (N,) long) -> (N,) float32`` scores;
     ``step_aware`` is False for ``spm-no-step`` and ``pickscore`` (their timesteps are ignored).
+
+    ``resize``: how images become CLIP pixels. ``"torch-bicubic"`` for an SPM, as the official SPM
+    is trained and used (torch bicubic without antialiasing on the decoded x̂0:
+    RockeyCoss/SPO@27a8642:step_aware_preference_model/trainer/tasks/spm_task.py ``train_step`` and
+    spo_training_and_inference/spo/preference_models/models/step_aware_preference_model.py
+    ``get_preference_score``); ``"processor"`` for PickScore itself (the reward, pseudo-labels):
+    ``spo.metrics._preprocess.processor_pixels``, equal to the PIL-based CLIP processor.
     """
 
-    def __init__(self, model: StepAwarePreferenceModel, tokenizer, pre: dict, processor_dir: Path):
+    RESIZES = ("torch-bicubic", "processor")
+
+    def __init__(self, model: StepAwarePreferenceModel, tokenizer, pre: dict, processor_dir: Path,
+                 resize: str = "torch-bicubic"):
         self.model, self.tokenizer, self.pre = model, tokenizer, pre
         self.processor_dir = Path(processor_dir)
         self.step_aware = model.time_condition
+        if resize not in self.RESIZES:
+            raise ValueError(f"SPM pixel resize {resize!r}; allowed: {self.RESIZES}")
+        self.resize = resize
 
     @property
     def device(self) -> torch.device:
         return self.model.logit_scale.device
 
-    def pixels(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images -> normalised CLIP pixels (N, 3, S, S) on the model's device and dtype."""
-        px = clip_pixels(images.to(self.device), self.pre["crop"], self.pre["mean"], self.pre["std"])
+    def pixels(self, images: torch.Tensor, resize: str | None = None) -> torch.Tensor:
+        """[0, 1] images -> normalised CLIP pixels (N, 3, S, S) on the model's device and dtype
+        (``resize``: this scorer's own, or one of ``RESIZES``)."""
+        if (resize or self.resize) == "processor":
+            from spo.metrics._preprocess import processor_pixels
+
+            px = processor_pixels(images, size=self.pre["size"], crop=self.pre["crop"],
+                                  mean=self.pre["mean"], std=self.pre["std"]).to(self.device)
+        else:
+            px = clip_pixels(images.to(self.device), self.pre["crop"], self.pre["mean"], self.pre["std"])
         return px.to(self.model.logit_scale.dtype)
 
     def tokens(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:

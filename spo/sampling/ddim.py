@@ -1,7 +1,7 @@
 """The DDIM(eta) transition x_t -> x_{t-1} as pure tensor functions, with its Gaussian log-density.
 
 Notation (Song et al. 2021, eq. 12; diffusers ``DDIMScheduler.step``): with a = alphabar_t,
-a' = alphabar_{t_prev} (``final_alpha_cumprod`` when t_prev < 0) and eps the (CFG) noise prediction,
+a' = alphabar_{max(t_prev, 0)} and eps the (CFG) noise prediction,
 
     x0_hat = (x_t - sqrt(1 - a) * eps) / sqrt(a)
     std    = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a')
@@ -13,6 +13,13 @@ without clipping or thresholding (SD-1.5 and SDXL settings), which tests check. 
 log N(x_{t-1}; mean, std^2) averaged over the latent dimensions, as the official code does
 (RockeyCoss/SPO@27a8642:spo_training_and_inference/spo/custom_diffusers/ddim_with_logprob.py);
 ``reduce="sum"`` gives the exact joint log-density instead.
+
+The last step (t_prev < 0) uses alphabar_0, never the scheduler's ``final_alpha_cumprod``: the
+official samplers and log-probs clamp t_prev to 0 before the look-up
+(RockeyCoss/SPO@27a8642:spo_training_and_inference/spo/custom_diffusers/ddim_with_logprob.py and
+ddim_seperate.py, as kvablack/ddpo-pytorch's ddim_with_logprob.py), so with ``set_alpha_to_one:
+true`` the last transition keeps a non-zero variance (alphabar_0 < 1) and a finite log-prob. For
+SD-1.5 and SDXL (``set_alpha_to_one: false``) the two are the same number.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ class DDIMSchedule:
 
     Attributes:
         alphas_cumprod: (T,) float64, alphabar_t for t = 0..T-1.
-        final_alpha_cumprod: alphabar used when t_prev < 0.
+        final_alpha_cumprod: the scheduler's alphabar for t_prev < 0 (kept for reference; the
+            transitions use alphabar_0 there, as the official code: see the module docstring).
         step: training timesteps between two inference steps (T // num_inference_steps).
     """
 
@@ -45,12 +53,11 @@ class DDIMSchedule:
                    step=cfg.num_train_timesteps // num_inference_steps)
 
     def alphas(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """alphabar at t and at t - step, each (B,) float64."""
+        """alphabar at t and at max(t - step, 0), each (B,) float64."""
         t = t.long().cpu()
         prev = t - self.step
         a_t = self.alphas_cumprod[t]
-        a_prev = torch.where(prev >= 0, self.alphas_cumprod[prev.clamp(min=0)],
-                             torch.full_like(a_t, self.final_alpha_cumprod))
+        a_prev = self.alphas_cumprod[prev.clamp(min=0)]  # official: t_prev clamped to 0, see above
         return a_t, a_prev
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 NEXT_INIT = ("random", "win", "lose")
+WINDOW_TILINGS = ("split", "extend")
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,7 @@ class SamplerSettings:
     eta: float = 1.0
     k: int = 4
     inner_steps: int = 1
+    window_tiling: str | None = None   # "split" | "extend" | None: the model family's official one
     timestep_range: tuple[int, int] = (0, 750)
     threshold: float = 0.3
     pair_mode: str = "best-worst"
@@ -25,6 +27,9 @@ class SamplerSettings:
             raise ValueError(f"config key 'train.k' is {self.k}; it must be >= 2 (a pair needs two candidates)")
         if self.inner_steps < 1:
             raise ValueError(f"config key 'train.inner_steps' is {self.inner_steps}; it must be >= 1")
+        if self.window_tiling is not None and self.window_tiling not in WINDOW_TILINGS:
+            raise ValueError(f"config key 'train.window_tiling' is {self.window_tiling!r}; allowed: "
+                             f"'split' (official SD-1.5 pipeline), 'extend' (official SDXL pipeline) or null")
         lo, hi = self.timestep_range
         if not 0 <= lo <= hi:
             raise ValueError(f"config key 'train.timestep_range' is [{lo}, {hi}]; it needs 0 <= lo <= hi")

@@ -12,7 +12,7 @@ ddim_with_logprob.py does). The maths lives in ``spo.sampling.ddim`` and the mod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -58,7 +58,8 @@ def check_eta(eta: float) -> None:
 def sample_trajectories(backbone: Backbone, scheduler, cond: Conditioning, *, num_inference_steps: int,
                         guidance_scale: float, eta: float, generator: torch.Generator,
                         x_T: torch.Tensor | None = None, logprob_reduce: str = "mean",
-                        batch_size: int | None = None) -> Trajectories:
+                        batch_size: int | None = None,
+                        should_stop: Callable[[], bool] | None = None) -> Trajectories:
     """Sample one trajectory per row of ``cond`` with the UNet as it is now.
 
     Args:
@@ -66,6 +67,7 @@ def sample_trajectories(backbone: Backbone, scheduler, cond: Conditioning, *, nu
         x_T: (N, C, h, w) initial latents; None draws them from ``generator``.
         batch_size: rows per UNet call (None: all N at once); the noise is drawn per chunk in
             order, so the result depends on it.
+        should_stop: polled before every DDIM step; True raises ``spo.checkpoint.Preempted``.
     """
     check_eta(eta)
     n = len(cond.cond)
@@ -74,17 +76,22 @@ def sample_trajectories(backbone: Backbone, scheduler, cond: Conditioning, *, nu
     size = batch_size or n
     parts = [_sample_chunk(backbone, scheduler, cond.take(torch.arange(s, min(s + size, n))),
                            x_T[s:s + size], num_inference_steps, guidance_scale, eta, generator,
-                           logprob_reduce) for s in range(0, n, size)]
+                           logprob_reduce, should_stop) for s in range(0, n, size)]
     return Trajectories.cat(parts)
 
 
-def _sample_chunk(backbone, scheduler, cond, x, steps, guidance_scale, eta, generator, reduce):
+def _sample_chunk(backbone, scheduler, cond, x, steps, guidance_scale, eta, generator, reduce,
+                  should_stop=None):
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps.cpu().long()
     schedule = DDIMSchedule.from_scheduler(scheduler, steps)
     x = x.to(backbone.device)
     latents, logprobs = [x.float().cpu()], []
     for t in timesteps:
+        if should_stop is not None and should_stop():
+            from spo.checkpoint import Preempted
+
+            raise Preempted()
         tt = torch.full((len(x),), int(t), dtype=torch.long, device=backbone.device)
         mean, std, _ = ddim_transition(schedule, backbone.eps(x, tt, cond, guidance_scale), x, tt, eta)
         if not bool((std > 0).all()):

@@ -108,11 +108,14 @@ class DiffusionBackbone:
         return self.backbone.decode(latents)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (N, 3, H, W) in [0, 1] -> scaled latents (posterior mean; the cache is reused)."""
+    def encode(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (N, 3, H, W) in [0, 1] -> scaled latents: the posterior mean (the cache is
+        reused), or with ``noise`` (N, C, h, w) the posterior sample mean + std * noise."""
         vae = self.pipe.vae
         dist = vae.encode((images * 2 - 1).to(self.device, vae.dtype)).latent_dist
-        return dist.mean * self.vae_scale
+        if noise is None:
+            return dist.mean * self.vae_scale
+        return (dist.mean + dist.std * noise.to(dist.mean.device, dist.mean.dtype)) * self.vae_scale
 
 
 def load_backbone(config: dict[str, Any], model: str, *, models_root, device: str = "cpu",

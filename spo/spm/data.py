@@ -6,7 +6,8 @@ Columns (fixed; ``validate_pairs`` checks them)::
     prompt_id            str     pairs of one prompt share it
     prompt               str
     image_0, image_1     binary  encoded images (PNG/JPEG bytes, any size, RGB)
-    label                float64 preference for image_0: 1 (image_0 wins), 0 (image_1 wins), 0.5 tie
+    label                float64 preference for image_0: 1 (image_0 wins), 0 (image_1 wins), 0.5 tie,
+                                 -1 no label (a kept unlabelled Pick-a-Pic row: weight only)
     examples_per_prompt  int64   pairs that share the prompt; the loss weight is its inverse
 optional (the VAE latents of each image, already multiplied by the VAE's scaling factor)::
 
@@ -30,7 +31,7 @@ import pandas as pd
 
 PAIR_COLUMNS = ["pair_id", "prompt_id", "prompt", "image_0", "image_1", "label", "examples_per_prompt"]
 LATENT_COLUMNS = ["latent_0", "latent_1", "latent_shape"]
-LABELS = (0.0, 0.5, 1.0)
+LABELS = (0.0, 0.5, 1.0, -1.0)  # -1: no label (spm.datasets.<name>.unlabelled: keep)
 ROW_GROUP_SIZE = 256  # pairs per Parquet row group (see write_pairs_parquet)
 
 
@@ -49,7 +50,7 @@ def _row_name(frame: pd.DataFrame, i: int) -> str:
 
 
 def check_labels(frame: pd.DataFrame, origin: str) -> None:
-    """Labels in {0, 0.5, 1} and examples_per_prompt >= 1; PairsError naming the first bad row.
+    """Labels in {0, 0.5, 1, -1} and examples_per_prompt >= 1; PairsError naming the first bad row.
 
     Split out of ``validate_pairs`` so that the streaming reader (``spo.spm.stream``) can check
     each batch's rows as it reads them, without the image columns.
@@ -59,7 +60,7 @@ def check_labels(frame: pd.DataFrame, origin: str) -> None:
     if bad.size:
         i = int(bad[0])
         raise PairsError(f"pairs file '{origin}' {_row_name(frame, i)}: label {_plain(frame['label'].iloc[i])} "
-                         f"is not one of 0, 0.5, 1 (1 = image_0 preferred, 0.5 = tie); "
+                         f"is not one of 0, 0.5, 1 (1 = image_0 preferred, 0.5 = tie) or -1 (no label); "
                          f"{bad.size} bad rows in all")
     epp = pd.to_numeric(frame["examples_per_prompt"], errors="coerce").to_numpy(dtype=float)
     bad = np.flatnonzero(~(epp >= 1))

@@ -19,7 +19,10 @@ def pair_loss(s0: torch.Tensor, s1: torch.Tensor, label: torch.Tensor,
 
     Args:
         s0, s1: (B,) logits ``exp(logit_scale) * cos(text, image)`` of image 0 and image 1.
-        label: (B,) preference for image 0 in {0, 0.5, 1}; a tie's target is (0.5, 0.5).
+        label: (B,) preference for image 0 in {0, 0.5, 1}; a tie's target is (0.5, 0.5); -1 (no
+            label, a kept unlabelled row) has target (0, 0): the official criterion's
+            ``label_0 * ce_0 + label_1 * ce_1 + [label_0 == label_1] log 0.5`` is then the constant
+            log 0.5, no gradient, but the row counts in the weight normalisation.
         examples_per_prompt: (B,) >= 1.
     Returns:
         scalar; ``log 0.5`` is added for ties so that a perfect model has loss 0 on every pair;
@@ -27,8 +30,10 @@ def pair_loss(s0: torch.Tensor, s1: torch.Tensor, label: torch.Tensor,
     """
     logp = torch.log_softmax(torch.stack([s0, s1], dim=-1).float(), dim=-1)
     label = label.float()
-    ce = -(label * logp[:, 0] + (1 - label) * logp[:, 1])
-    ce = ce + (label == 0.5).float() * math.log(0.5)
+    none = label < 0
+    w0, w1 = torch.where(none, 0.0, label), torch.where(none, 0.0, 1 - label)
+    ce = -(w0 * logp[:, 0] + w1 * logp[:, 1])
+    ce = ce + ((label == 0.5) | none).float() * math.log(0.5)
     w = 1.0 / examples_per_prompt.float()
     return (ce * w / w.sum()).sum()
 
@@ -46,7 +51,7 @@ def pairwise_accuracy(s0: torch.Tensor, s1: torch.Tensor, label: torch.Tensor) -
 
     Equal scores count half. Returns (accuracy, number of decisive pairs); NaN when none.
     """
-    keep = label != 0.5
+    keep = (label == 0) | (label == 1)
     if not bool(keep.any()):
         return float("nan"), 0
     d = (s0 - s1)[keep].float()
@@ -55,10 +60,32 @@ def pairwise_accuracy(s0: torch.Tensor, s1: torch.Tensor, label: torch.Tensor) -
     return float(right.mean()), int(keep.sum())
 
 
-def learning_rate(step: int, base: float, warmup: int, total: int, schedule: str) -> float:
-    """LR of optimiser step ``step`` (0-based): linear warm-up over ``warmup`` steps, then constant
-    or linear decay to 0 at ``total`` (DeepSpeed's WarmupDecayLR shape; its default warm-up is
-    logarithmic, linear here)."""
+def learning_rate(step: int, base: float, warmup: int, total: int, schedule: str,
+                  warmup_shape: str = "linear") -> float:
+    """LR of optimiser step ``step`` (0-based): a warm-up over ``warmup`` steps, then constant or
+    linear decay to 0 at ``total``.
+
+    ``warmup_shape`` "linear": base * (step + 1) / warmup, then base * (total - step) / (total -
+    warmup). "log": DeepSpeed's ``WarmupDecayLR`` as the official SPM run uses it (its default
+    ``warmup_type: log``; warmup_min_lr 0; RockeyCoss/SPO@27a8642:step_aware_preference_model/
+    trainer/accelerators/deepspeed_accelerator.py with accelerate@d1aa558's ``_prepare_deepspeed``):
+    the scheduler sets lr 0 before the first step and advances after each step, so step s runs at
+    iteration i = s - 1: base * ln(i + 1) / ln(max(2, warmup)) while i < warmup (steps 0 and 1 at
+    lr 0), then base * (total - i) / (total - warmup).
+    """
+    if warmup_shape == "log":
+        if step == 0:
+            return 0.0
+        it, w = step - 1, max(2, warmup)
+        if it < w:
+            return base * math.log(it + 1) / math.log(w)
+        if schedule == "constant":
+            return base
+        if schedule == "warmup_decay":
+            return base * max(0.0, (total - it) / max(1.0, total - w))
+        raise ValueError(f"unknown lr schedule {schedule!r}; allowed: constant, warmup_decay")
+    if warmup_shape != "linear":
+        raise ValueError(f"unknown warm-up shape {warmup_shape!r}; allowed: linear, log")
     warm = base * min(1.0, (step + 1) / warmup) if warmup > 0 else base
     if schedule == "constant" or step < warmup:
         return warm

@@ -48,7 +48,9 @@ def make_pairs(config, dataset: str, split: str, out_dir, *, models_root, root="
     else:
         from spo.spm.pickapic import convert_pickapic
 
-        convert_pickapic(spec[split], split, out_dir, root=root)
+        # unlabelled rows: the train split only (validation keeps labelled rows, as official)
+        convert_pickapic(spec[split], split, out_dir, root=root,
+                         unlabelled=spec.get("unlabelled", "drop") if split == "train" else "drop")
 
 
 def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, validation_csv,
@@ -78,6 +80,11 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     # Streamed per batch (spo.spm.stream): nothing here holds the pairs, images or latents.
     streams = {name: PairStream(paths, cache, encoder=backbone.encode, resolution=spec.get("resolution"))
                for name, paths, cache in (("train", pairs, latents), ("validation", val_pairs, val_latents))}
+    if spec.get("vae_latents", "mean") == "sample":  # a fresh posterior sample per step: encode images
+        if "tiny" in config["spm"]["datasets"][spec["data"]]:
+            raise ValueError(f"config key 'spm.runs.{run}.vae_latents' is 'sample', but the tiny pairs "
+                             f"carry their generation latents, not images to encode; use 'mean'")
+        streams["train"].store = None  # means only; read images in row-group windows instead
     prompts = set()
     for part in streams.values():  # Pick-a-Pic's ~10^5 prompts: encoded per batch instead
         found = part.unique_prompts(MAX_CACHED_PROMPTS)

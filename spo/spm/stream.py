@@ -288,14 +288,28 @@ class PairStream:
                             for col in ("image_0", "image_1")
                             for i, b in enumerate(table.column(col).to_pylist())])
 
-    def latents(self, idx) -> torch.Tensor:
-        """(B, 2, C, h, w) float32 latents of pairs ``idx``."""
+    def latents(self, idx, posterior_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2, C, h, w) float32 latents of pairs ``idx``: the VAE posterior mean, or with
+        ``posterior_noise`` (B, 2, C, h, w) the sample mean + std * noise (encoded now: a cache
+        holds means only)."""
+        if posterior_noise is not None:
+            if self.encoder is None:
+                raise PairsError(f"pairs '{self.origin}': a VAE posterior sample needs the encoder")
+            images = self.images(idx)
+            if self.resolution:
+                from spo.metrics._preprocess import processor_pixels
+                images = torch.stack([processor_pixels(im[None], size=self.resolution, crop=self.resolution,
+                                                       mean=(0, 0, 0), std=(1, 1, 1))[0] for im in images])
+            noise = torch.cat([posterior_noise[:, 0], posterior_noise[:, 1]])
+            lat = self.encoder(images, noise=noise).float().cpu()
+            return torch.stack(lat.chunk(2), dim=1)
         if self.store is not None:
             return self.store.get(idx)
         images = self.images(idx)  # no cache: encode now (the official recipe encodes every step)
-        if self.resolution:
-            from spo.preference.spm_model import clip_pixels
-            images = torch.stack([clip_pixels(im[None], self.resolution, (0, 0, 0), (1, 1, 1))[0] for im in images])
+        if self.resolution:  # the official dataset's CLIP processor resize and crop (PIL, antialiased)
+            from spo.metrics._preprocess import processor_pixels
+            images = torch.stack([processor_pixels(im[None], size=self.resolution, crop=self.resolution,
+                                                   mean=(0, 0, 0), std=(1, 1, 1))[0] for im in images])
         lat = self.encoder(images).float().cpu()
         return torch.stack(lat.chunk(2), dim=1)
 

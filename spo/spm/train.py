@@ -50,6 +50,10 @@ def check_run_spec(run: str, spec: dict[str, Any]) -> None:
             bad(key, "must be an integer >= 1")
     if spec.get("warmup_steps", 0) >= spec["steps"] and spec.get("lr_schedule") == "warmup_decay":
         bad("warmup_steps", f"must be below steps ({spec['steps']}) for warmup_decay")
+    for key, allowed in (("warmup_shape", ("linear", "log")), ("weight_decay_on", ("all", "matrices")),
+                         ("vae_latents", ("mean", "sample"))):
+        if spec.get(key, allowed[0]) not in allowed:
+            bad(key, f"allowed: {', '.join(allowed)}")
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer) -> Path:
@@ -79,13 +83,15 @@ def noisy_x0_images(backbone, latents: torch.Tensor, prompts: list[str], t: torc
     return backbone.decode(x0)
 
 
-def score_pairs(scorer, images: torch.Tensor, prompts: list[str], t: torch.Tensor):
-    """SPM logits of image 0s and image 1s: images (2B, ...) as ``noisy_x0_images`` orders them."""
+def score_pairs(scorer, images: torch.Tensor, prompts: list[str], t: torch.Tensor,
+                resize: str | None = None):
+    """SPM logits of image 0s and image 1s: images (2B, ...) as ``noisy_x0_images`` orders them
+    (``resize``: ``SPMScorer.pixels``; the scorer's own by default)."""
     model = scorer.model
     tok = scorer.tokens(prompts)
     txt = model.text_features(tok["input_ids"], tok["attention_mask"])
     tt = torch.cat([t, t]).to(scorer.device) if model.time_condition else None
-    img = model.image_features(scorer.pixels(images), tt)
+    img = model.image_features(scorer.pixels(images, resize), tt)
     s = model.scores_from_features(img, torch.cat([txt, txt]))
     return s.chunk(2)
 
@@ -157,6 +163,19 @@ def _all_reduce_(tensors, world: int, op: str = "mean", bucket: int = 1 << 25) -
         start = stop
 
 
+def optimizer_groups(model, weight_decay: float, on: str = "matrices") -> list[dict[str, Any]]:
+    """AdamW parameter groups. ``on`` "all": weight decay on every parameter, as the official
+    DeepSpeed AdamW gets one group of ``model.parameters()``
+    (RockeyCoss/SPO@27a8642:step_aware_preference_model/trainer/optimizers/dummy_optimizer.py);
+    "matrices": not on biases, norms and ``logit_scale`` (the usual transformer practice)."""
+    if on not in ("all", "matrices"):
+        raise ValueError(f"weight decay on {on!r}; allowed: all, matrices")
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if on == "matrices" and (p.ndim < 2 or "logit_scale" in name) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
                run: str = "spm", stop_after: int | None = None,
                record_batches: bool = False) -> dict[str, Any]:
@@ -185,12 +204,9 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
     model = scorer.model
     accel = accelerator_on(next(model.parameters()).device, precision)  # where the scorer was loaded
     rank, world = accel.process_index, accel.num_processes
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
     params = list(model.parameters())  # model order: the clipping norm's sum as before, bitwise
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.get("weight_decay", 0.0)},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=spec["lr"],
+    opt = torch.optim.AdamW(optimizer_groups(model, spec.get("weight_decay", 0.0),
+                                             spec.get("weight_decay_on", "matrices")), lr=spec["lr"],
                             betas=tuple(spec.get("betas", (0.9, 0.999))), eps=1e-8)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     start, resumed = 0, None
@@ -225,15 +241,23 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
         t = torch.randint(0, backbone.num_train_timesteps, (bsz,), generator=gen)
         noise = torch.randn((bsz,) + latent_shape, generator=gen)
         flip = torch.rand(bsz, generator=gen) < 0.5 if spec.get("augment") else None
+        # vae_latents "sample": a fresh VAE posterior sample per step, as the official
+        # get_noised_imgs (latent_dist.sample()); its noise drawn for the whole batch, so any
+        # number of processes sees the same latents. "mean": the cached posterior mean.
+        posterior = (torch.randn((bsz, 2) + latent_shape, generator=gen)
+                     if spec.get("vae_latents", "mean") == "sample" else None)
         meta = train.meta(idx)  # the whole batch's labels and weights (small): the loss needs W
         mine = torch.arange(rank, bsz, world)
         prompts = [meta["prompts"][i] for i in mine.tolist()]
-        images = noisy_x0_images(backbone, train.latents(idx[mine]), prompts, t[mine], noise[mine])
+        latents = (train.latents(idx[mine]) if posterior is None
+                   else train.latents(idx[mine], posterior_noise=posterior[mine]))
+        images = noisy_x0_images(backbone, latents, prompts, t[mine], noise[mine])
         if flip is not None:  # label-preserving for colourfulness: a flip per pair, seeded
             images = torch.where(flip[mine].repeat(2).view(-1, 1, 1, 1), images.flip(-1), images)
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, spec["lr"], spec.get("warmup_steps", 0), total,
-                                        spec.get("lr_schedule", "warmup_decay"))
+                                        spec.get("lr_schedule", "warmup_decay"),
+                                        spec.get("warmup_shape", "linear"))
         label, epp = meta["label"][mine].to(accel.device), meta["epp"][mine].to(accel.device)
         with accel.autocast():
             s0, s1 = score_pairs(scorer, images, prompts, t[mine])
@@ -279,11 +303,14 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
 
 def add_pseudo_labels(scorer, pairs, threshold: float, batch: int = 32) -> None:
     """Relabel ``pairs`` (a PairStream) with frozen PickScore on the clean images (the SDXL
-    recipe): one streaming pass; keeps (N,) labels, 4 bytes a pair."""
+    recipe): one streaming pass; keeps (N,) labels, 4 bytes a pair. The images reach PickScore
+    through its CLIP processor, as the official ``update_as_pickscore_label`` passes them
+    (RockeyCoss/SPO@27a8642:step_aware_preference_model/trainer/tasks/spm_task.py)."""
     s0s, s1s = [], []
     with torch.no_grad():
         for idx in pairs.chunks(batch):
             prompts = pairs.meta(idx)["prompts"]
-            s0, s1 = score_pairs(scorer, pairs.images(idx), prompts, torch.zeros(len(idx), dtype=torch.long))
+            s0, s1 = score_pairs(scorer, pairs.images(idx), prompts, torch.zeros(len(idx), dtype=torch.long),
+                                 resize="processor")
             s0s.append(s0.float().cpu()); s1s.append(s1.float().cpu())
     pairs.pseudo = pseudo_labels(torch.cat(s0s), torch.cat(s1s), threshold)

@@ -37,6 +37,9 @@ from spo.training.rollout import all_round_prompts, generator, train_rounds
 from spo.training.settings import TrainSettings
 from spo.training.spo_trainer import pair_loss, redistribute, round_prompts
 
+# The code version of the algorithm (see spo.training.spo_trainer.ALGORITHM_VERSION).
+ALGORITHM_VERSION = 1
+
 
 def ranked_pairs(traj: Trajectories, rewards: torch.Tensor, prompt_index: torch.Tensor,
                  steps: torch.Tensor, shared_start: bool) -> PairBatch | None:
@@ -75,10 +78,11 @@ def train_d3po(backbone, pipeline_class, prompts: list[str], preference, setting
     opts = D3POSettings.from_settings(settings)
     check_eta(settings.eta)
     accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
+    settings = settings.for_world(accelerator.num_processes)  # the global recipe -> this process's share
     scheduler = backbone.pipe.scheduler
     schedule = DDIMSchedule.from_scheduler(scheduler, settings.num_inference_steps)
 
-    def collect(round_index, world, rank):
+    def collect(round_index, world, rank, should_stop=None):
         mine = round_prompts(prompts, settings, round_index, world, rank)
         every = all_round_prompts(prompts, settings, round_index, world)
         cond = backbone.encode(every)
@@ -93,7 +97,8 @@ def train_d3po(backbone, pipeline_class, prompts: list[str], preference, setting
         traj = sample_trajectories(
             backbone, scheduler, cond.take(rows), num_inference_steps=settings.num_inference_steps,
             guidance_scale=settings.guidance_scale, eta=settings.eta, generator=gen, x_T=x_T,
-            logprob_reduce=settings.logprob_reduce, batch_size=opts.sample_batch_size)
+            logprob_reduce=settings.logprob_reduce, batch_size=opts.sample_batch_size,
+            should_stop=should_stop)
         rewards = score_final(backbone, preference, traj.final, [every[i] for i in rows.tolist()])
         steps = step_subset(n, settings.num_inference_steps, opts.timestep_fraction,
                             generator(settings.seed, "timesteps", round_index, rank))
@@ -111,4 +116,8 @@ def train_d3po(backbone, pipeline_class, prompts: list[str], preference, setting
         return {"loss": out["loss"], "ratio_win": out["ratio_w"].mean(), "ratio_lose": out["ratio_l"].mean()}
 
     return train_rounds(backbone, pipeline_class, prompts, settings, out_dir, checkpoint_dir,
-                        accelerator, resolved, collect=collect, loss_fn=loss_fn)
+                        accelerator, resolved, collect=collect, loss_fn=loss_fn,
+                        algorithm="d3po", version=ALGORITHM_VERSION,
+                        no_data="every trajectory pair tied (both got the same reward): the reward "
+                                f"model is constant on these images; check config key "
+                                f"'train.preference' ({settings.preference})")

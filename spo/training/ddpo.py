@@ -22,6 +22,7 @@ records per round, so a resumed run continues with the same statistics.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ from spo.training.loop import accelerator_on
 from spo.training.rollout import all_round_prompts, generator, train_rounds
 from spo.training.settings import TrainSettings
 from spo.training.spo_trainer import round_prompts
+
+# The code version of the algorithm (see spo.training.spo_trainer.ALGORITHM_VERSION).
+ALGORITHM_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 
@@ -82,6 +87,31 @@ class PerPromptStatTracker:
             ref = np.asarray(buffer) if len(buffer) >= self.min_count else rewards
             advantages[mine] = (rewards[mine] - ref.mean()) / (ref.std() + 1e-6)
         return advantages
+
+
+def max_rewards_per_prompt(n_prompts: int, prompts_per_round: int, images_per_prompt: int,
+                           rounds: int) -> int:
+    """The most rewards any prompt collects in a training: each pass over the prompt set (a seeded
+    permutation, ``round_prompts``) visits a prompt at most once, ``n // prompts_per_round``
+    rounds a pass (global numbers)."""
+    per_pass = max(1, n_prompts // prompts_per_round)
+    return -(-rounds // per_pass) * images_per_prompt
+
+
+def warn_if_tracker_never_used(n_prompts: int, settings: TrainSettings, opts: DDPOSettings) -> int:
+    """Log when per-prompt tracking can never leave the whole-batch fallback (fewer rewards per
+    prompt than ``min_count`` over the whole training: the paper profile's 4,000 prompts, 256 a
+    round, 200 rounds give at most 14 < 16). Returns that most."""
+    from spo.training.spo_trainer import total_rounds
+
+    most = max_rewards_per_prompt(n_prompts, settings.prompts_per_round, opts.images_per_prompt,
+                                  total_rounds(n_prompts, settings, 1))
+    if opts.per_prompt_stat_tracking and most < opts.min_count:
+        log.warning("DDPO: a prompt collects at most %d rewards in this training, fewer than "
+                    "'train.ddpo.min_count' (%d): the per-prompt statistics never switch on and every "
+                    "advantage is the whole-batch normalisation (the official tracker's fallback)",
+                    most, opts.min_count)
+    return most
 
 
 def normalise_rewards(prompts: Sequence[str], rewards: np.ndarray,
@@ -146,6 +176,8 @@ def train_ddpo(backbone, pipeline_class, prompts: list[str], preference, setting
     opts = DDPOSettings.from_settings(settings)
     check_eta(settings.eta)
     accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
+    warn_if_tracker_never_used(len(prompts), settings, opts)
+    settings = settings.for_world(accelerator.num_processes)  # the global recipe -> this process's share
     scheduler = backbone.pipe.scheduler
     schedule = DDIMSchedule.from_scheduler(scheduler, settings.num_inference_steps)
     tracker = (PerPromptStatTracker(opts.buffer_size, opts.min_count)
@@ -157,7 +189,7 @@ def train_ddpo(backbone, pipeline_class, prompts: list[str], preference, setting
             if line.get("kind") == "samples" and tracker is not None:
                 tracker.update([prompts[i] for i in line["prompt_ids"]], np.asarray(line["rewards"]))
 
-    def collect(round_index, world, rank):
+    def collect(round_index, world, rank, should_stop=None):
         mine = round_prompts(prompts, settings, round_index, world, rank)
         every = all_round_prompts(prompts, settings, round_index, world)
         cond = backbone.encode(every)
@@ -166,7 +198,8 @@ def train_ddpo(backbone, pipeline_class, prompts: list[str], preference, setting
             backbone, scheduler, cond.take(prompt_index), num_inference_steps=settings.num_inference_steps,
             guidance_scale=settings.guidance_scale, eta=settings.eta,
             generator=generator(settings.seed, "sample", round_index, rank),
-            logprob_reduce=settings.logprob_reduce, batch_size=opts.sample_batch_size)
+            logprob_reduce=settings.logprob_reduce, batch_size=opts.sample_batch_size,
+            should_stop=should_stop)
         rewards = score_final(backbone, preference, traj.final, [every[i] for i in prompt_index.tolist()])
         ids = {p: i for i, p in enumerate(prompts)}
         local = [(ids[every[i]], float(r)) for i, r in zip(prompt_index.tolist(), rewards.tolist())]
@@ -190,4 +223,5 @@ def train_ddpo(backbone, pipeline_class, prompts: list[str], preference, setting
                          clip_range=opts.clip_range, adv_clip_max=opts.adv_clip_max)
 
     return train_rounds(backbone, pipeline_class, prompts, settings, out_dir, checkpoint_dir,
-                        accelerator, resolved, collect=collect, loss_fn=loss_fn, replay=replay)
+                        accelerator, resolved, collect=collect, loss_fn=loss_fn, replay=replay,
+                        algorithm="ddpo", version=ALGORITHM_VERSION)

@@ -42,19 +42,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from spo.checkpoint import install_signal_handlers
+from spo.checkpoint import Preempted, install_signal_handlers
 from spo.models.backbone import Backbone, Conditioning
 from spo.seeds import image_seed
 from spo.training import checkpoints
 from spo.training.baseline_settings import KEY, DPOSettings
 from spo.training.dpo_data import PairSource, pair_latents
 from spo.training.lora import reference_mode
-from spo.training.loop import (accelerator_on, end_of_unit, optimizer_step, save_state, stop_if_not_finite,
-                               write_outputs)
+from spo.training.loop import (Guard, Unit, accelerator_on, check_trained, end_of_unit, lr_fix,
+                               optimizer_step, save_state, stop_if_not_finite, write_outputs)
 from spo.training.settings import TrainSettings
-from spo.training.spo_trainer import adamw, trainable_lora
+from spo.training.spo_trainer import adamw, start_checkpoints, trainable_lora
 
 log = logging.getLogger(__name__)
+
+# The code version of the algorithm (see spo.training.spo_trainer.ALGORITHM_VERSION).
+ALGORITHM_VERSION = 1
 
 
 def check_dpo_config(config: dict[str, Any], settings: TrainSettings) -> DPOSettings:
@@ -187,6 +190,8 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     dtype = unet.dtype
+    start_checkpoints(checkpoint_dir, accelerator, "diffusion-dpo", ALGORITHM_VERSION, settings, [],
+                      resolved)
     start, step, log_lines = checkpoints.resume(checkpoint_dir, unet, optimizer)
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers()
@@ -194,6 +199,8 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
         log.info("resuming at step %d/%d from %s", start, dpo.steps, checkpoint_dir)
     per_rank = dpo.batch_size // world
     n_micro = per_rank // dpo.micro_batch
+    guard = Guard(checkpoint_dir, lr_fix(settings, f" or config key '{KEY}.beta' (now {dpo.beta:g})",
+                                         resolved))
     unet.train()
     began = time.perf_counter()
     for step in range(start, dpo.steps):
@@ -205,20 +212,25 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
         first = step * dpo.batch_size + rank * per_rank
         entries = source.positions(settings.seed, first, first + per_rank)
         sums = {"loss": 0.0, "implicit_acc": 0.0, "model_mse": 0.0, "ref_mse": 0.0}
-        for j in range(n_micro):
-            rows = source.rows_of(entries[j * dpo.micro_batch:(j + 1) * dpo.micro_batch])
-            with accelerator.autocast():
-                out = micro_loss(backbone, rows, dpo, _generator(settings.seed, step, rank, j), dtype,
-                                 ref_unet)
-            stop_if_not_finite(
-                out["loss"], accelerator=accelerator,
-                save=save_state(checkpoint_dir, step, step, unet, optimizer, log_lines, full_unet=full),
-                message=f"loss is {out['loss'].item()} at step {step}; a checkpoint of the last good "
-                        f"state is in '{checkpoint_dir}'. Lower 'train.lr' or '{KEY}.beta', then rerun")
-            accelerator.backward(out["loss"] / n_micro)
-            for key in sums:
-                sums[key] += out[key].item() / n_micro
-        optimizer_step(params, optimizer, accelerator, world, settings.grad_clip)
+        # A signal between micro-batches: nothing of this step is applied yet, so the state now
+        # is the step's start (``Unit``), written as checkpoint ``step``.
+        unit = Unit(step, step, log_lines, unet=unet, optimizer=optimizer, accelerator=accelerator,
+                    checkpoint_dir=checkpoint_dir, full_unet=full)
+        try:
+            for j in range(n_micro):
+                unit.check()
+                rows = source.rows_of(entries[j * dpo.micro_batch:(j + 1) * dpo.micro_batch])
+                with accelerator.autocast():
+                    out = micro_loss(backbone, rows, dpo, _generator(settings.seed, step, rank, j), dtype,
+                                     ref_unet)
+                stop_if_not_finite(out["loss"], guard=guard, where=f"step {step}", world=world)
+                accelerator.backward(out["loss"] / n_micro)
+                for key in sums:
+                    sums[key] += out[key].item() / n_micro
+        except Preempted:
+            unit.checkpoint_and_exit(f"step {step + 1}")
+        optimizer_step(params, optimizer, accelerator, world, settings.grad_clip, guard=guard,
+                       where=f"step {step}")
         log_lines.append({"step": step + 1, "epoch": (step + 1) * dpo.batch_size / source.n_pairs,
                           **sums, "lr": lr, "pairs": dpo.batch_size,
                           "pairs_per_s": per_rank / (time.perf_counter() - tic)})
@@ -230,6 +242,7 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
             log.info("step %d/%d: loss %.4f, implicit acc %.3f", step + 1, dpo.steps, sums["loss"],
                      sums["implicit_acc"])
     seconds = time.perf_counter() - began
+    check_trained(unet, full_unet=full, steps=dpo.steps, guard=guard, no_signal="no step was run")
     info = {**(resolved or {}), "pairs": str(pairs), "latents": str(latents) if latents else None,
             "decisive_pairs": source.n_pairs, "ties_dropped": source.n_ties,
             "train_seconds_this_run": seconds}

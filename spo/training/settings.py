@@ -43,6 +43,11 @@ class TrainSettings:
     resolution: int | None = None                  # None: generation.resolution
     k: int = 4
     inner_steps: int = 1                           # MSPO's j
+    # MSPO's window tiling (spo.sampling.stepwise.window_schedule): "split" (every trained step may
+    # open a window, the last one too: official SD-1.5 pipeline), "extend" (no branch at the last
+    # trained step, the last window runs to its end: official SDXL pipeline); null: the official
+    # pipeline of the model family ("split" for SD-1.5 with j = 1, else "extend")
+    window_tiling: str | None = None
     timestep_range: tuple = (0, 750)
     threshold: float = 0.3
     pair_mode: str = "best-worst"
@@ -58,9 +63,13 @@ class TrainSettings:
     lr: float = 6e-5
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
-    grad_accum: int = 1
-    prompts_per_round: int = 10                    # sampling batch, per process
-    train_batch_size: int = 10                     # pairs per micro-batch, per process
+    # Batches are GLOBAL (all processes together; spo.training.batching derives each process's share
+    # from the world size, so any number of GPUs trains the same recipe).
+    grad_accum: int = 1                            # micro-batches per optimizer step
+    prompts_per_round: int = 10                    # prompts sampled per round, all processes
+    train_batch_size: int = 10                     # pairs per micro-batch, all processes
+    micro_batch: int | None = None                 # memory cap: most pairs per forward pass per process
+    accumulate_across_rounds: bool = False         # official SDXL trainer: accumulation carries over rounds
     epochs: int = 10
     max_rounds: int | None = None                  # stop early (tiny profile, smoke tests)
     mixed_precision: str = "no"                    # no | fp16 | bf16
@@ -85,6 +94,12 @@ class TrainSettings:
         for name in ("prompts_per_round", "train_batch_size", "grad_accum", "epochs", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{self._key(name)} is {getattr(self, name)}; it must be >= 1")
+        if self.micro_batch is not None and (not isinstance(self.micro_batch, int) or self.micro_batch < 1):
+            raise ValueError(f"{self._key('micro_batch')} is {self.micro_batch!r}; it must be an integer >= 1 "
+                             f"(most pairs one process runs per forward pass) or null")
+        if not isinstance(self.accumulate_across_rounds, bool):
+            raise ValueError(f"{self._key('accumulate_across_rounds')} is {self.accumulate_across_rounds!r}; "
+                             f"it must be true (official SDXL trainer) or false")
         if self.dump_examples < 0:
             raise ValueError(f"{self._key('dump_examples')} is {self.dump_examples}; it must be >= 0")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -110,6 +125,29 @@ class TrainSettings:
         module, cls, method = parsers[self.algorithm]
         return getattr(getattr(importlib.import_module(module), cls), method)(self)
 
+    def process_batches(self, world: int):
+        """This recipe's share for each of ``world`` processes (``spo.training.batching``); raises
+        ``WorldSizeError`` naming the keys when the global numbers cannot be split."""
+        from spo.training.batching import check_dpo_world, per_process
+
+        if self.algorithm == "diffusion-dpo":  # offline: its own global batch_size / micro_batch
+            dpo = self.algorithm_settings()
+            check_dpo_world(dpo.batch_size, dpo.micro_batch, world)
+            return None
+        return per_process(prompts_per_round=self.prompts_per_round,
+                           train_batch_size=self.train_batch_size, grad_accum=self.grad_accum,
+                           micro_batch=self.micro_batch, world=world)
+
+    def for_world(self, world: int) -> "TrainSettings":
+        """The settings one of ``world`` processes runs: ``prompts_per_round``, ``train_batch_size``
+        and ``grad_accum`` replaced by the process's share, micro-batch and accumulation (apply
+        once, in the trainer, after the number of processes is known)."""
+        from dataclasses import replace
+
+        share = self.process_batches(world)
+        return replace(self, prompts_per_round=share.prompts, train_batch_size=share.micro_batch,
+                       grad_accum=share.accumulation)
+
     @staticmethod
     def _key(name: str) -> str:
         return f"config key 'train.{name}'"
@@ -131,6 +169,6 @@ class TrainSettings:
             raise ValueError(f"{self._key('timestep_range')} must be [lo, hi], got {self.timestep_range}")
         return SamplerSettings(num_inference_steps=self.num_inference_steps,
                                guidance_scale=self.guidance_scale, eta=self.eta, k=self.k,
-                               inner_steps=self.inner_steps,
+                               inner_steps=self.inner_steps, window_tiling=self.window_tiling,
                                timestep_range=tuple(self.timestep_range), threshold=self.threshold,
                                pair_mode=self.pair_mode, next_init=self.next_init)

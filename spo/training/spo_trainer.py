@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from spo.checkpoint import install_signal_handlers
+from spo.checkpoint import Preempted, install_signal_handlers
 from spo.io import write_json_atomic
 from spo.models.backbone import Backbone
 from spo.sampling.ddim import DDIMSchedule, ddim_transition, gaussian_logprob
@@ -33,12 +33,21 @@ from spo.sampling.stepwise import PairBatch, sample_pairs
 from spo.seeds import image_seed
 from spo.training import checkpoints
 from spo.training.lora import attach_lora, reference_mode
-from spo.training.loop import accelerator_on, backward_micro_batch, end_of_unit, save_state, write_outputs
-from spo.training.loop import NonFiniteLossError, average_gradients  # re-exported: the trainer's API
+from spo.training.loop import (MAX_EMPTY_ROUNDS, Guard, Unit, accelerator_on, backward_micro_batch,
+                               check_trained, empty_round_error, end_of_unit, lr_fix, save_state,
+                               write_outputs)
+from spo.training.loop import (NonFiniteLossError, NonFiniteTrainingError,  # re-exported: the trainer's API
+                               NoTrainingSignalError, average_gradients)
 
-__all__ = ["NonFiniteLossError", "average_gradients", "adamw", "micro_batches", "pair_loss", "redistribute",
+__all__ = ["ALGORITHM_VERSION", "NonFiniteLossError", "NonFiniteTrainingError", "NoTrainingSignalError",
+           "average_gradients", "adamw", "micro_batches", "pair_loss", "redistribute",
            "round_prompts", "total_rounds", "train_spo", "trainable_lora", "transition_logprobs",
-           "write_examples"]
+           "write_examples", "start_checkpoints"]
+
+# The code version of the algorithm: raise it with any change that alters what a training computes
+# from the same inputs (the sampler, the pair rule, the loss): checkpoints of another version are
+# never resumed (spo.training.checkpoints.claim).
+ALGORITHM_VERSION = 1
 from spo.training.losses import spo_loss
 from spo.training.settings import TrainSettings
 
@@ -129,6 +138,23 @@ def adamw(params, settings: TrainSettings) -> torch.optim.Optimizer:
                              weight_decay=settings.weight_decay, eps=1e-8)
 
 
+def pending_micro_batches(log_lines: list[dict[str, Any]], step: int) -> int:
+    """Micro-batches back-propagated since the last optimizer step, read from the step log (one
+    line per micro-batch, with the step count after it): what ``train.accumulate_across_rounds``
+    carries into the next round. The official SDXL trainer lets accelerate count micro-batches
+    over rounds and never forces a step at a round's end
+    (RockeyCoss/SPO@27a8642:spo_training_and_inference/train_scripts/train_spo_sdxl.py, the
+    ``end_of_dataloader = False`` before training and ``accelerator.accumulate``)."""
+    n = 0
+    for line in reversed(log_lines):
+        if line.get("loss") is None:  # a round without pairs, or a round's sampling record
+            continue
+        if line.get("step") != step:
+            break
+        n += 1
+    return n - 1 if step > 0 and n > 0 else n
+
+
 def micro_batches(pairs: PairBatch | None, size: int) -> list[PairBatch]:
     """Consecutive slices of ``size`` pairs (the last one may be shorter); none for no pairs."""
     if pairs is None:
@@ -162,6 +188,29 @@ def write_examples(folder: Path, examples: dict[int, list]) -> None:
     write_json_atomic(index_path, index)
 
 
+def start_checkpoints(checkpoint_dir: str | Path, accelerator, algorithm: str, version: int,
+                      settings: TrainSettings, prompts: list[str], resolved: dict | None) -> None:
+    """Before resuming: the checkpoints in ``checkpoint_dir`` are resumed only when they were
+    trained on the same inputs (``checkpoints.training_inputs``); else they are moved aside and
+    the log says which input changed (the main process decides, the others wait)."""
+    if accelerator.is_main_process:
+        checkpoints.claim(checkpoint_dir, checkpoints.training_inputs(algorithm, version, settings,
+                                                                      prompts, resolved))
+    accelerator.wait_for_everyone()
+
+
+def no_pairs_reason(stats: dict[str, Any], settings: TrainSettings) -> str:
+    """Why a round accepted no pair, from its sampling statistics."""
+    std, gap = stats.get("score_std", math.nan), stats.get("gap_max", math.nan)
+    if std == 0:
+        return (f"the preference model gave every candidate the same score ({stats['score_mean']:g}): "
+                f"it is constant on these images; check config key 'train.preference' "
+                f"({settings.preference}) and the model it loads")
+    return (f"no candidate pair's probability gap exceeded config key 'train.threshold' "
+            f"({settings.threshold:g}; the largest gap was {gap:.3g}, score std {std:.3g}): the "
+            f"threshold is too high for this preference model's scores; lower it")
+
+
 def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference,
               settings: TrainSettings, out_dir: str | Path, checkpoint_dir: str | Path,
               accelerator=None, resolved: dict | None = None) -> dict[str, Any]:
@@ -175,64 +224,41 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     world, rank = accelerator.num_processes, accelerator.process_index
+    settings = settings.for_world(world)  # the global recipe -> this process's share (spo.training.batching)
     n_rounds = total_rounds(len(prompts), settings, world)
+    start_checkpoints(checkpoint_dir, accelerator, "spo", ALGORITHM_VERSION, settings, prompts, resolved)
     start_round, step, log_lines = checkpoints.resume(checkpoint_dir, unet, optimizer)
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers()
     if start_round:
         log.info("resuming at round %d/%d (step %d) from %s", start_round, n_rounds, step, checkpoint_dir)
-    schedule = None
+    guard = Guard(checkpoint_dir, lr_fix(settings, ", or enable 'train.clamp_eps'"
+                                         if settings.clamp_eps is None else "", resolved))
+    empty = 0  # rounds in a row without a pair (a resumed run counts those in its log)
+    for line in reversed(log_lines):
+        if line.get("loss") is not None or "loss" not in line:
+            break
+        empty += 1
+    schedule = DDIMSchedule.from_scheduler(backbone.pipe.scheduler, settings.num_inference_steps)
     examples_dir = Path(checkpoint_dir) / "examples"  # Figure 5 (train.dump_examples)
     for round_index in range(start_round, n_rounds):
-        tic = time.perf_counter()
-        batch_prompts = round_prompts(prompts, settings, round_index, world, rank)
-        unet.eval()
-        dump = settings.dump_examples if round_index in (0, n_rounds - 1) else 0
-        pairs, stats = sample_pairs(backbone, backbone.pipe.scheduler, batch_prompts, preference,
-                                    settings.sampler(), _generator(settings.seed, "sample", round_index, rank),
-                                    dump_examples=dump)
-        if stats.get("examples") and accelerator.is_main_process:
-            write_examples(examples_dir, {round_index: stats["examples"]})
-        schedule = schedule or DDIMSchedule.from_scheduler(backbone.pipe.scheduler,
-                                                           settings.num_inference_steps)
-        # Pairs move between processes, so they index the prompts of the whole round (all ranks'
-        # prompts are a deterministic function of the round) and every rank encodes all of them.
-        all_prompts = [p for r in range(world)
-                       for p in round_prompts(prompts, settings, round_index, world, r)]
-        cond = backbone.encode(all_prompts)
-        if pairs is not None:
-            pairs.prompt_index += rank * settings.prompts_per_round
-        pairs = redistribute(pairs, accelerator, _generator(settings.seed, "shuffle", round_index))
-        unet.train()
-        micro = micro_batches(pairs, settings.train_batch_size)
-        for j, batch in enumerate(micro):
-            with accelerator.autocast():
-                out = pair_loss(backbone, schedule, batch, cond, settings)
-            loss = out["loss"]
-            step = backward_micro_batch(
-                loss, j, len(micro), step, params=params, optimizer=optimizer,
-                accelerator=accelerator, world=world, settings=settings,
-                save=save_state(checkpoint_dir, round_index, step, unet, optimizer, log_lines),
-                message=f"loss is {loss.item()} at optimizer step {step} (round {round_index}); a "
-                        f"checkpoint of the last good state is in '{checkpoint_dir}'. Lower "
-                        f"'train.lr' or enable 'train.clamp_eps', then rerun to resume")
-            log_lines.append({
-                "round": round_index, "step": step, "epoch": round_index * world * settings.prompts_per_round // max(1, len(prompts)),
-                "loss": loss.item(), "ratio_win": out["ratio_w"].mean().item(),
-                "ratio_lose": out["ratio_l"].mean().item(),
-                "accepted_fraction": stats["pairs_accepted"] / max(1, stats["pairs_total"]),
-                "score_mean": stats["score_mean"], "score_std": stats["score_std"],
-                "lr": optimizer.param_groups[0]["lr"], "pairs": len(batch),
-                "pairs_per_s": len(pairs) / (time.perf_counter() - tic)})
-        if not micro:
-            log_lines.append({"round": round_index, "step": step, "loss": None, "accepted_fraction": 0.0,
-                              "score_mean": stats["score_mean"], "score_std": stats["score_std"]})
-        log.info("round %d/%d: %d pairs accepted of %d, score %.3f, %.1f s", round_index + 1,
-                 n_rounds, stats["pairs_accepted"], stats["pairs_total"], stats["score_mean"],
-                 time.perf_counter() - tic)
-        end_of_unit(due=(round_index + 1) % settings.checkpoint_every == 0 or round_index + 1 == n_rounds,
+        unit = Unit(round_index, step, log_lines, unet=unet, optimizer=optimizer,
+                    accelerator=accelerator, checkpoint_dir=checkpoint_dir)
+        try:
+            step, empty = _round(backbone, prompts, preference, settings, accelerator, unit, guard,
+                                 params, optimizer, schedule, examples_dir, n_rounds, step, empty,
+                                 log_lines)
+        except Preempted:
+            unit.checkpoint_and_exit(f"round {round_index + 1}")
+        # Accumulating across rounds: a checkpoint only where no gradient is pending (it holds none).
+        settled = not (settings.accumulate_across_rounds and pending_micro_batches(log_lines, step))
+        end_of_unit(due=((round_index + 1) % settings.checkpoint_every == 0 and settled)
+                    or round_index + 1 == n_rounds,
                     accelerator=accelerator, what=f"round {round_index + 1}", checkpoint_dir=checkpoint_dir,
                     save=save_state(checkpoint_dir, round_index + 1, step, unet, optimizer, log_lines))
+
+    check_trained(unet, full_unet=False, steps=step, guard=guard,
+                  no_signal=no_pairs_reason(log_lines[-1] if log_lines else {}, settings))
 
     def copy_examples(folder: Path) -> None:
         if settings.dump_examples and examples_dir.is_dir():
@@ -242,3 +268,71 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
                   extra=copy_examples)
     return {"rounds": n_rounds, "steps": step,
             "final_loss": next((l["loss"] for l in reversed(log_lines) if l.get("loss") is not None), math.nan)}
+
+
+def _round(backbone, prompts, preference, settings, accelerator, unit: Unit, guard: Guard, params,
+           optimizer, schedule, examples_dir: Path, n_rounds: int, step: int, empty: int,
+           log_lines: list) -> tuple[int, int]:
+    """One SPO round: sample, gather, train; returns (optimizer steps, empty rounds in a row).
+    Raises ``Preempted`` (polled every DDIM step and micro-batch) on a signal."""
+    unet = backbone.pipe.unet
+    world, rank = accelerator.num_processes, accelerator.process_index
+    round_index = unit.index
+    tic = time.perf_counter()
+    batch_prompts = round_prompts(prompts, settings, round_index, world, rank)
+    unet.eval()
+    dump = settings.dump_examples if round_index in (0, n_rounds - 1) else 0
+    pairs, stats = sample_pairs(backbone, backbone.pipe.scheduler, batch_prompts, preference,
+                                settings.sampler(), _generator(settings.seed, "sample", round_index, rank),
+                                dump_examples=dump, should_stop=unit.requested)
+    if not math.isfinite(stats["score_mean"]):
+        raise guard.error(f"the preference scores of the sampled candidates are "
+                          f"{stats['score_mean']} (the policy's samples are not finite)",
+                          f"round {round_index}")
+    if stats.get("examples") and accelerator.is_main_process:
+        write_examples(examples_dir, {round_index: stats["examples"]})
+    # Pairs move between processes, so they index the prompts of the whole round (all ranks'
+    # prompts are a deterministic function of the round) and every rank encodes all of them.
+    all_prompts = [p for r in range(world)
+                   for p in round_prompts(prompts, settings, round_index, world, r)]
+    cond = backbone.encode(all_prompts)
+    if pairs is not None:
+        pairs.prompt_index += rank * settings.prompts_per_round
+    pairs = redistribute(pairs, accelerator, _generator(settings.seed, "shuffle", round_index))
+    unet.train()
+    micro = micro_batches(pairs, settings.train_batch_size)
+    for j, batch in enumerate(micro):
+        unit.check()
+        with accelerator.autocast():
+            out = pair_loss(backbone, schedule, batch, cond, settings)
+        loss = out["loss"]
+        # accumulate_across_rounds (official SDXL trainer): count micro-batches over rounds, no
+        # forced step at the round's end (n_micro 0 never matches)
+        j_acc, n_acc = ((pending_micro_batches(log_lines, step), 0) if settings.accumulate_across_rounds
+                        else (j, len(micro)))
+        step = backward_micro_batch(
+            loss, j_acc, n_acc, step, params=params, optimizer=optimizer,
+            accelerator=accelerator, world=world, settings=settings, guard=guard,
+            where=f"optimizer step {step} (round {round_index})", unit=unit)
+        log_lines.append({
+            "round": round_index, "step": step, "epoch": round_index * world * settings.prompts_per_round // max(1, len(prompts)),
+            "loss": loss.item(), "ratio_win": out["ratio_w"].mean().item(),
+            "ratio_lose": out["ratio_l"].mean().item(),
+            "accepted_fraction": stats["pairs_accepted"] / max(1, stats["pairs_total"]),
+            "score_mean": stats["score_mean"], "score_std": stats["score_std"],
+            "lr": optimizer.param_groups[0]["lr"], "pairs": len(batch),
+            "pairs_per_s": len(pairs) / (time.perf_counter() - tic)})
+    empty = 0 if micro else empty + 1
+    if not micro:
+        log_lines.append({"round": round_index, "step": step, "loss": None, "accepted_fraction": 0.0,
+                          "score_mean": stats["score_mean"], "score_std": stats["score_std"],
+                          "gap_max": stats["gap_max"], "empty_rounds": empty})
+        log.warning("round %d/%d: every candidate pair was rejected (%d rounds in a row): %s",
+                    round_index + 1, n_rounds, empty, no_pairs_reason(stats, settings))
+        if empty >= MAX_EMPTY_ROUNDS:
+            raise empty_round_error("every candidate pair was rejected", round_index, empty,
+                                    no_pairs_reason(stats, settings))
+    log.info("round %d/%d: %d pairs accepted of %d, score %.3f, %.1f s", round_index + 1,
+             n_rounds, stats["pairs_accepted"], stats["pairs_total"], stats["score_mean"],
+             time.perf_counter() - tic)
+    return step, empty

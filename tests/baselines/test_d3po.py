@@ -112,12 +112,23 @@ def test_sigusr1_checkpoint_resumes_to_the_same_lora(tiny_models, tmp_path, monk
                                tmp_path / name, tmp_path / f"ck-{name}")
 
     run("a")
-    polls = iter([False, True])  # the signal arrives during round 2
-    monkeypatch.setattr(loop, "should_checkpoint_and_exit", lambda: next(polls))
+    # The signal arrives while round 2 samples: it is acted on at the next DDIM step (issue 20:
+    # SLURM kills 30 s after its SIGTERM), with a checkpoint of round 2's start.
+    signal, real, calls = {"on": False}, d3po.sample_trajectories, {"n": 0}
+
+    def sample(*args, **kwargs):
+        calls["n"] += 1
+        signal["on"] = calls["n"] == 2
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(d3po, "sample_trajectories", sample)
+    monkeypatch.setattr(loop, "should_checkpoint_and_exit", lambda: signal["on"])
     with pytest.raises(SystemExit) as exit_info:
         run("b")
     assert exit_info.value.code == 75 and not (tmp_path / "b").exists()
-    assert [p.name for p in (tmp_path / "ck-b").glob("step-*")] == ["step-00000002"]
+    assert [p.name for p in (tmp_path / "ck-b").glob("step-*")] == ["step-00000001"]
+    signal["on"] = False
+    monkeypatch.setattr(d3po, "sample_trajectories", real)
     monkeypatch.setattr(loop, "should_checkpoint_and_exit", lambda: False)
     run("b")
     a = load_file(str(tmp_path / "a" / "pytorch_lora_weights.safetensors"))

@@ -63,7 +63,7 @@ def test_unet_replacement_and_missing_sources(tiny_config, tiny_models, tmp_path
 
     with pytest.raises(SourceError, match="does not exist"):
         from_pretrained(lambda *a, **k: None, {"path": str(tmp_path / "missing")})
-    with pytest.raises(SourceError, match="python -m spo tiny-models|snakemake"):
+    with pytest.raises(SourceError, match="`snakemake --cores 1 "):
         from_pretrained(lambda *a, **k: None, {"tiny": {"seed": 0}}, tiny_dir=tmp_path / "nope")
 
 
@@ -76,7 +76,7 @@ def test_hub_model_offline_names_id_revision_and_fix(monkeypatch):
         from_pretrained(StableDiffusionPipeline.from_pretrained, spec)
     msg = str(err.value)
     assert "spo-repro-tests/not-a-model" in msg and "0" * 40 in msg
-    assert "huggingface-cli download spo-repro-tests/not-a-model --revision" in msg
+    assert "`hf download spo-repro-tests/not-a-model --revision" in msg  # huggingface_hub's CLI
     assert "path:" in msg
 
 

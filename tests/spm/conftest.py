@@ -16,7 +16,7 @@ def tiny_pickscore(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def spm_world(tiny_models, tiny_pickscore, tmp_path_factory, repo_root):
+def spm_world(tiny_models, tiny_pickscore, tmp_path_factory, repo_root, random_init):
     """(config, models_root, pairs root): 8 training prompts x 3 images, 3 validation prompts."""
     import shutil
 
@@ -27,8 +27,7 @@ def spm_world(tiny_models, tiny_pickscore, tmp_path_factory, repo_root):
     prompts = root / "prompts.tsv"
     lines = (repo_root / "data/prompts/tiny_train.tsv").read_text().splitlines()[:12]
     prompts.write_text("\n".join(lines) + "\n")
-    config = load_config([repo_root / "config/config.yaml"], root=repo_root)
-    config["models"]["tiny-sd15"]["source"] = {"tiny": {"seed": 1}}
+    config = random_init(load_config([repo_root / "config/config.yaml"], root=repo_root))
     config["spm"]["datasets"]["tiny-sd15-pairs"]["tiny"].update(
         prompts=str(prompts), images_per_prompt=3, val_images_per_prompt=3, val_prompts=3)
     config["spm"]["runs"]["tiny-sd15-spm"].update(steps=6, batch_size=4, checkpoint_every=2,

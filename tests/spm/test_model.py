@@ -100,6 +100,10 @@ def test_registry_variants(tiny_pickscore, tmp_path):
     assert not nostep.step_aware and not ps.step_aware
     images = torch.rand(2, 3, 32, 32)
     t = torch.tensor([10, 700])
+    # PickScore sees its CLIP processor's pixels (issue 17), an SPM the official torch resize:
+    # the untrained SPM without step condition is PickScore given the same pixels.
+    assert (ps.resize, nostep.resize) == ("processor", "torch-bicubic")
+    nostep.resize = "processor"
     assert (nostep(images, PROMPTS[:2], t) - ps(images, PROMPTS[:2], t)).abs().max() < 1e-5
     with pytest.raises(SPMError, match="spm-no-step"):
         build_preference({"name": "spm", "path": str(tmp_path / "nostep")})

@@ -20,8 +20,10 @@ import yaml
 from spo.checkpoint import PREEMPTED_EXIT_CODE
 
 
-def _config(repo_root, tmp_path, models_root):
-    config = yaml.safe_load((repo_root / "config/config.yaml").read_text())
+def _config(repo_root, tmp_path, models_root, random_init):
+    from spo.config import load_config
+
+    config = random_init(load_config([repo_root / "config/config.yaml"], root=repo_root))
     train = dict(config["methods"]["tiny-sd15-spo-colorfulness"]["train"])
     train.update(num_inference_steps=4, timestep_range=[0, 1000], prompts_per_round=4,
                  train_batch_size=8, max_rounds=6, checkpoint_every=1)
@@ -41,10 +43,10 @@ def _train(config, out, ckpt, models_root, **popen):
                             text=True, **popen)
 
 
-def test_sigterm_checkpoints_and_the_rerun_matches(repo_root, tiny_models, tmp_path):
+def test_sigterm_checkpoints_and_the_rerun_matches(repo_root, tiny_models, tmp_path, random_init):
     from safetensors.torch import load_file
 
-    config = _config(repo_root, tmp_path, tiny_models)
+    config = _config(repo_root, tmp_path, tiny_models, random_init)
     straight = _train(config, tmp_path / "a", tmp_path / "ca", tiny_models)
     out_a = straight.communicate(timeout=600)[0]
     assert straight.returncode == 0, out_a[-3000:]

@@ -220,7 +220,10 @@ def test_a_model_on_another_gpu_than_the_accelerator_is_caught(monkeypatch):
     assert not _same_device(torch.device("cuda:0"), torch.device("cuda"))
 
 
-def test_nan_loss_stops_with_a_checkpoint(tiny_models, tmp_path, monkeypatch):
+def test_nan_loss_stops_without_writing_its_state(tiny_models, tmp_path, monkeypatch):
+    """A non-finite loss stops the job before its backward pass; the state of a diverging round is
+    never written as a checkpoint (issue 20: the "last good state" written then held the update
+    that blew up, and a rerun resumed it)."""
     from diffusers import StableDiffusionPipeline
 
     def nan_loss(*args, **kwargs):
@@ -232,7 +235,7 @@ def test_nan_loss_stops_with_a_checkpoint(tiny_models, tmp_path, monkeypatch):
     with pytest.raises(spo_trainer.NonFiniteLossError, match="optimizer step 0.*train.lr"):
         spo_trainer.train_spo(Backbone(_pipe(tiny_models), 32), StableDiffusionPipeline, PROMPTS,
                               build_preference(settings.preference), settings, tmp_path / "o", tmp_path / "c")
-    assert list((tmp_path / "c").glob("step-*"))
+    assert not list((tmp_path / "c").glob("step-*")) and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("block, key", [

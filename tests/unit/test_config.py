@@ -109,9 +109,9 @@ def test_paper_spo_recipes(repo_root):
     spo, mspo = config["methods"]["sd15-spo"]["train"], config["methods"]["sdxl-mspo"]["train"]
     assert (spo["k"], spo["timestep_range"], spo["threshold"], spo["beta"], spo["clamp_eps"],
             spo["lora_rank"], spo["lr"], spo["prompts_per_round"], spo["epochs"]) == \
-        (4, [0, 750], 0.3, 10.0, 0.1, 4, 6e-5, 10, 10)
+        (4, [0, 750], 0.3, 10.0, 0.1, 4, 6e-5, 40, 10)  # global: 10 per GPU x 4 GPUs
     assert (mspo["k"], mspo["inner_steps"], mspo["threshold"], mspo["lora_rank"], mspo["lr"],
-            mspo["train_batch_size"], mspo["grad_accum"]) == (2, 4, 0.4, 64, 1e-5, 2, 2)
+            mspo["train_batch_size"], mspo["grad_accum"]) == (2, 4, 0.4, 64, 1e-5, 8, 2)  # 2 x 4 GPUs
 
 
 def test_ablation_variants_are_small_diffs(repo_root):
