@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", nargs="+", required=True, help="generation shard folders")
     p.add_argument("--metadata", required=True, help="GenEval's evaluation_metadata.jsonl")
 
+    p = stage("geneval-detect", "score a GenEval layout with the tiny world's detector (results.jsonl)")
+    p.add_argument("--layout", required=True, help="a geneval-layout output folder")
+
     p = stage("geneval-table", "Table 3 (GenEval) from imported results.jsonl files")
     p.add_argument("--layouts", nargs="*", default=[], help="GenEval layout folders, one per method")
 
@@ -279,6 +282,13 @@ def _geneval_layout(config, args) -> int:
     return 0
 
 
+def _geneval_detect(config, args) -> int:
+    from spo.report.geneval import detect_layout
+
+    detect_layout(args.layout, config.get("world"), args.out)
+    return 0
+
+
 def _geneval_table(config, args) -> int:
     from pathlib import Path
 
@@ -296,14 +306,15 @@ def _table_html(config, args) -> int:
     return 0
 
 
-_NO_TORCH_STAGES = {"expected-results", "world-prompts", "tables", "paper-tables", "geneval-layout", "geneval-table", "table-html"}
+_NO_TORCH_STAGES = {"expected-results", "world-prompts", "geneval-detect", "tables", "paper-tables", "geneval-layout", "geneval-table", "table-html"}
 
 _STAGES = {"tiny-model": _tiny_model, "pretrain-tiny": _pretrain_tiny,
            "expected-results": _expected_results, "world-prompts": _world_prompts, "generate": _generate, "fetch-prompts": _fetch_prompts,
            "train": _train, "score": _score,
            "tables": _tables, "paper-tables": _paper_tables,
            "spm-pairs": _spm, "spm-latents": _spm, "train-spm": _spm,
-           "geneval-layout": _geneval_layout, "geneval-table": _geneval_table,
+           "geneval-layout": _geneval_layout, "geneval-detect": _geneval_detect,
+           "geneval-table": _geneval_table,
            "table-html": _table_html}
 
 def _figure(config, args) -> int:

@@ -34,22 +34,71 @@ SOURCE_KEYS = {"id", "path", "tiny"}
 DEFAULT_CONFIG = "config/config.yaml"
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently, so a pasted block could override a setting unseen)."""
+
+
+def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key: the constructor below reports it
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise _DuplicateKey(key, first, key_node.start_mark.line + 1)
+    return loader.construct_mapping(node, deep=True)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(key, first, again)
+        self.key, self.first, self.again = key, first, again
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML config file; a key repeated within one mapping is a ``ConfigError`` naming the
+    file, the key and both lines."""
+    path = Path(path)
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)
+    except _DuplicateKey as dup:
+        raise ConfigError(f"config file '{path}' gives the key {dup.key!r} twice in one mapping "
+                          f"(lines {dup.first} and {dup.again}); YAML would silently keep the second. "
+                          f"Delete one of them") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+
+
 def _is_source(value: Any) -> bool:
     return isinstance(value, dict) and bool(SOURCE_KEYS & set(value))
+
+
+REPLACED_WHOLE = {"preference"}  # mappings that are one choice: an overlay replaces them
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """Merge ``overlay`` into a copy of ``base``; nested dicts merge, everything else replaces.
 
     A model ``source`` mapping replaces the one below it whole: merging ``{tiny: ...}`` with
-    ``{id: ..., revision: ...}`` key by key would give a source that is both. ``key: null`` in the
-    overlay removes the key (``spm: null`` in a profile that trains nothing).
+    ``{id: ..., revision: ...}`` key by key would give a source that is both; so does a training
+    ``preference`` (``{name: colorfulness}`` over ``{name: spm, run: ...}`` is colourfulness, not
+    colourfulness with an SPM run). ``key: null`` in the overlay removes the key (``spm: null`` in
+    a profile that trains nothing).
     """
     out = copy.deepcopy(base)
     for key, value in overlay.items():
         if value is None and key in out:
             del out[key]
-        elif isinstance(value, dict) and isinstance(out.get(key), dict) and not _is_source(value):
+        elif (isinstance(value, dict) and isinstance(out.get(key), dict) and not _is_source(value)
+              and key not in REPLACED_WHOLE):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -73,7 +122,7 @@ def resolve_extends(config: dict[str, Any], root: str | Path = ".", _seen: tuple
         raise ConfigError(f"config key 'extends' makes a cycle: {' -> '.join(_seen + (str(path),))}")
     if not path.is_file():
         raise ConfigError(f"config key 'extends' names '{parent}', which does not exist under '{root}'")
-    base = yaml.safe_load(path.read_text()) or {}
+    base = load_yaml(path) or {}
     return deep_merge(resolve_extends(base, root, _seen + (str(path),)), config)
 
 
@@ -123,7 +172,7 @@ def load_config(paths: Iterable[str | Path], root: str | Path = ".") -> dict[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
         merged = deep_merge(merged, data)
@@ -279,6 +328,14 @@ def _train_errors(config: dict[str, Any], name: str, method: dict[str, Any]) -> 
     if any(k in method for k in ("lora", "unet")):
         out.append(f"config key 'methods.{name}' has both 'train' and a released 'lora'/'unet'; "
                    f"a trained method's LoRA is the training output")
+    if settings.algorithm == "diffusion-dpo":  # its pair dataset is a DAG input: name it at start
+        data = (settings.diffusion_dpo or {}).get("data")
+        datasets = (config.get("spm") or {}).get("datasets") or {}
+        if data not in datasets:
+            out.append(f"config key '{key}.diffusion_dpo.data' is {data!r}, not a key of "
+                       f"'spm.datasets'{_suggest(str(data), datasets)}; defined: "
+                       f"{', '.join(sorted(datasets)) or 'none'} (add the dataset there, or name "
+                       f"one of these)")
     from spo.preference import registered_preferences
 
     pref = settings.preference.get("name")

@@ -55,9 +55,60 @@ def tiny_models(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny_config(repo_root):
+    """config/config.yaml with RANDOM-init tiny stand-ins in place of the shipped tiny world
+    (``tiny: {seed}`` sources, what the ``tiny_models`` fixture builds): unit and integration tests
+    need the real classes and formats, not the pretrained weights (the workflow tests run those)."""
     from spo.config import load_config
 
-    return load_config([repo_root / "config" / "config.yaml"], root=repo_root)
+    return random_init_config(load_config([repo_root / "config" / "config.yaml"], root=repo_root))
+
+
+@pytest.fixture(scope="session")
+def random_init():
+    """The function ``random_init_config`` (tests that load a config themselves)."""
+    return random_init_config
+
+
+RANDOM_INIT_SEEDS = {"tiny-sd15": 1, "tiny-sdxl": 2, "tiny-sdxl-b": 3}
+
+
+def random_init_config(config):
+    """``config`` with its tiny-world sources replaced by random-init ``tiny`` ones, and its prompt
+    sets by the generic test prompts (data/prompts/tiny_*.tsv, the paper's figure prompts), in
+    place: what unit and integration tests were written against; the world's own prompts, metrics
+    and detector are tested in tests/world and by the workflow tests."""
+    generic = {"tiny-train": ("tiny_train.tsv", None), "tiny-eval": ("tiny_eval.tsv", None),
+               "figure2": ("figure2.tsv", 1), "figure11": ("figure11.tsv", 1),
+               "geneval-tiny": ("geneval_tiny.tsv", 4)}
+    for name, (file, per_prompt) in generic.items():
+        if name in config["prompt_sets"]:
+            spec = {**config["prompt_sets"][name], "source": {"path": f"data/prompts/{file}"}}
+            spec.pop("images_per_prompt", None)
+            if per_prompt:
+                spec["images_per_prompt"] = per_prompt
+            config["prompt_sets"][name] = spec
+    for name in [m for m, spec in config["metrics"].items() if spec.get("scorer") == "adherence"]:
+        del config["metrics"][name]
+    if config.get("geneval"):
+        config["geneval"].pop("detector", None)
+        config["geneval"]["metadata"] = {
+            "path": "data/prompts/geneval/evaluation_metadata.jsonl",
+            "sha256": "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13"}
+    if config.get("spm"):
+        for dataset in config["spm"]["datasets"].values():
+            if "tiny" in dataset:
+                dataset["tiny"]["prompts"] = "data/prompts/tiny_train.tsv"
+    for name, seed in RANDOM_INIT_SEEDS.items():
+        if name in config["models"]:
+            config["models"][name] = {"family": config["models"][name]["family"],
+                                      "source": {"tiny": {"seed": seed}}}
+    tiny_pickscore = {"model": {"tiny": {"seed": 5}}, "processor": {"tiny": {"seed": 5}}}
+    if config.get("spm"):
+        config["spm"]["pickscore"] = tiny_pickscore
+    if "pickscore" in config["metrics"]:
+        config["metrics"]["pickscore"]["weights"] = {"model": {"tiny": {"seed": 0}},
+                                                     "processor": {"tiny": {"seed": 0}}}
+    return config
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from spo.io import sha256_file
+from spo.io import safetensors_problem, sha256_file
 
 T = TypeVar("T")
 
@@ -32,8 +32,9 @@ def describe(spec: dict[str, Any]) -> str:
 
 
 def _download_hint(spec: dict[str, Any]) -> str:
+    # huggingface_hub's CLI is `hf` (its `huggingface-cli` is gone since huggingface_hub 1.0)
     repo_type = spec.get("repo_type", "model")
-    cmd = f"huggingface-cli download {spec['id']} --revision {spec['revision']}"
+    cmd = f"hf download {spec['id']} --revision {spec['revision']}"
     if repo_type != "model":
         cmd += f" --repo-type {repo_type}"
     if spec.get("file"):
@@ -41,6 +42,35 @@ def _download_hint(spec: dict[str, Any]) -> str:
     return (f"pre-download it on a machine with internet access with `{cmd}` (into the same HF_HOME, "
             f"now {os.environ.get('HF_HOME', '~/.cache/huggingface')}), or download it anywhere and "
             f"set `path:` to the local copy instead of `id`/`revision`")
+
+
+def is_tiny_source(spec: dict[str, Any]) -> bool:
+    """A tiny stand-in rather than a real checkpoint: built by the DAG (``tiny:``), or a model of
+    a shipped tiny world (a ``path:`` inside ``data/tiny-world``). Tiny sources run on the CPU
+    and their numbers are never compared with the paper's."""
+    if "tiny" in spec:
+        return True
+    if "path" in spec:
+        from spo.world.manifest import world_root_of
+
+        return world_root_of(spec["path"]) is not None
+    return False
+
+
+def shipped_manifest(spec: dict[str, Any]) -> str | None:
+    """The manifest of the shipped tiny world a ``path:`` source lies in (a DAG input: a rebuilt
+    world reruns what used it), else None."""
+    if "path" not in spec:
+        return None
+    from spo.world.manifest import MANIFEST, world_root_of
+
+    root = world_root_of(spec["path"])
+    if root is None:
+        return None
+    try:
+        return str((root / MANIFEST).relative_to(Path.cwd()))
+    except ValueError:
+        return str(root / MANIFEST)
 
 
 def local_root(spec: dict[str, Any], tiny_dir: str | os.PathLike | None) -> Path | None:
@@ -64,9 +94,46 @@ def local_root(spec: dict[str, Any], tiny_dir: str | os.PathLike | None) -> Path
         root = Path(tiny_dir)
         if not root.exists():
             raise SourceError(f"the tiny model folder '{root}' does not exist; build it with "
-                              f"`snakemake --cores 1 {root}`")
+                              f"`snakemake --cores 1 {dag_target(root)}`")
         return root
     return None
+
+
+# The DAG's folders of tiny models (rules tiny_pipeline, tiny_metric, spm_tiny_pickscore): a part
+# of one (``.../pipelines/<model>/vae``) is built with the whole folder, its rule's output.
+_DAG_MODEL_KINDS = ("pipelines", "metrics", "spm-init")
+
+
+def dag_target(path: str | os.PathLike) -> Path:
+    """The Snakemake target that builds ``path``: the model folder under ``<models_root>/<kind>/``
+    that contains it (``path`` itself when it is not inside one)."""
+    parts = Path(path).parts
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] in _DAG_MODEL_KINDS and (i == 0 or parts[i - 1] == "models"):
+            return Path(*parts[:i + 2])
+    return Path(path)
+
+
+def damaged_files(root: str | os.PathLike) -> list[tuple[Path, str]]:
+    """The safetensors files under ``root`` that are not whole (truncated, bad header)."""
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(root.rglob("*.safetensors")) if root.is_dir() else []
+    return [(f, why) for f in files if f.suffix == ".safetensors" and (why := safetensors_problem(f))]
+
+
+def damaged_message(spec: dict[str, Any], root: Path, damaged: list[tuple[Path, str]],
+                    tiny_dir: str | os.PathLike | None = None) -> str:
+    """'<file>: <what is wrong>; <how to get a whole copy>' for a local or DAG-built source."""
+    first, why = damaged[0]
+    more = f" (and {len(damaged) - 1} more damaged files)" if len(damaged) > 1 else ""
+    if "tiny" in spec:
+        target = dag_target(tiny_dir if tiny_dir is not None else root)
+        fix = (f"delete '{target}' and rebuild it with `snakemake --cores 1 {target}` (it was "
+               f"written by an interrupted job or damaged since)")
+    else:
+        fix = (f"the copy at `path: {spec.get('path', root)}` is incomplete: copy or download it "
+               f"again (e.g. `hf download <id> --revision <commit> --local-dir {root}`)")
+    return f"cannot load {describe(spec)}: '{first}' {why}{more}; {fix}"
 
 
 def from_pretrained(loader: Callable[..., T], spec: dict[str, Any], *,
@@ -83,7 +150,13 @@ def from_pretrained(loader: Callable[..., T], spec: dict[str, Any], *,
     if spec.get("subfolder"):
         kwargs["subfolder"] = spec["subfolder"]
     if root is not None:
-        return loader(str(root), local_files_only=True, **kwargs)
+        try:
+            return loader(str(root), local_files_only=True, **kwargs)
+        except Exception:  # noqa: BLE001 - a damaged file gets a message naming it, else re-raised
+            damaged = damaged_files(root / spec.get("subfolder", ""))
+            if not damaged:
+                raise
+            raise SourceError(damaged_message(spec, root, damaged, tiny_dir)) from None
     try:
         return loader(spec["id"], revision=spec["revision"], **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:  # hub errors subclass OSError

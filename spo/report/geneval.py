@@ -42,6 +42,9 @@ N_PROMPTS = 553
 # GenEval's tags, in the paper's Table 3 column order, with its column names.
 TASKS = {"single_object": "Single Obj", "two_object": "Two Obj", "counting": "Counting",
          "colors": "Colors", "position": "Position", "color_attr": "Attr. Binding"}
+# The tiny world's detector (geneval.detector: adherence): one "task" per attribute it checks.
+DETECTOR_TASKS = {"adherence": {"background": "Background", "colour": "Colour", "shape": "Shape",
+                                "size": "Size"}}
 RESULTS_PATTERN = "results/geneval/{method}/results.jsonl"
 LAYOUT_PATTERN = "results/geneval/{method}/images"
 # PAPER.md §3, Table 3 (SDXL; the SDXL row with CFG 5.0 and 50 steps).
@@ -160,10 +163,47 @@ def results_path(method: str, pattern: str = RESULTS_PATTERN) -> str:
     return pattern.format(method=method)
 
 
+def detect_layout(layout_dir: str | Path, world_block: dict[str, Any] | None,
+                  out_file: str | Path) -> pd.DataFrame:
+    """Score a GenEval layout with the tiny world's detector into GenEval's ``results.jsonl``
+    format: one line per (image, attribute), ``tag`` the attribute, ``correct`` its verdict."""
+    import numpy as np
+    from PIL import Image
+
+    from spo.world.detect import ATTRIBUTES, adherence
+    from spo.world.grammar import WorldSpec
+
+    world = dict(world_block or {})
+    world.pop("pretrain", None)
+    spec = WorldSpec.from_config(world)
+    rows = []
+    for folder in sorted(p for p in Path(layout_dir).iterdir() if p.is_dir() and p.name.isdigit()):
+        meta_line = (folder / "metadata.jsonl").read_text(encoding="utf-8").strip()
+        prompt = json.loads(meta_line)["prompt"]
+        for sample in sorted((folder / "samples").glob("*.png")):
+            with Image.open(sample) as image:
+                right = adherence(np.asarray(image.convert("RGB")), prompt, spec)
+            if right is None:
+                raise GenEvalError(f"'{folder / 'metadata.jsonl'}': prompt {prompt!r} is not a caption "
+                                   f"of the tiny world; geneval.detector 'adherence' scores world prompts only")
+            for attribute in ATTRIBUTES:
+                rows.append({"filename": str(sample), "tag": attribute, "prompt": prompt,
+                             "correct": bool(right[attribute]), "metadata": meta_line})
+    frame = pd.DataFrame(rows)
+    with atomic_path(out_file) as tmp:
+        frame.to_json(tmp, orient="records", lines=True)
+    return frame
+
+
 def build_table3(methods: Sequence[str], labels: dict[str, str], *, expected_images: int,
                  layouts: dict[str, str], results_pattern: str = RESULTS_PATTERN,
-                 settings: dict[str, Any] | None = None) -> tuple[pd.DataFrame, str]:
-    """Table 3 rows (one per method) and its Markdown. A method without results is 'missing'."""
+                 settings: dict[str, Any] | None = None,
+                 tasks: dict[str, str] | None = None) -> tuple[pd.DataFrame, str]:
+    """Table 3 rows (one per method) and its Markdown. A method without results is 'missing'.
+
+    ``tasks``: tag -> column (GenEval's six by default; the tiny detector's attributes)."""
+    tasks = tasks or TASKS
+    per_image = len(tasks) if tasks is not TASKS else 1  # the detector writes a line per attribute
     rows, notes = [], []
     for method in methods:
         path = Path(results_path(method, results_pattern))
@@ -178,46 +218,54 @@ def build_table3(methods: Sequence[str], labels: dict[str, str], *, expected_ima
         else:
             summary = summarise_results(read_results(path))
             row.update({name: 100 * summary["tasks"][tag] if tag in summary["tasks"] else None
-                        for tag, name in TASKS.items()})
+                        for tag, name in tasks.items()})
             row["Overall"] = 100 * summary["overall"]
-            row.update(n_images=summary["images"], n_prompts=summary["prompts"],
-                       sha256=sha256_file(path))
-            unknown = sorted(set(summary["tasks"]) - set(TASKS))
-            absent = [t for t in TASKS if t not in summary["tasks"]]
-            if summary["images"] != expected_images or unknown or absent:
+            images = summary["images"] // per_image
+            row.update(n_images=images, n_prompts=summary["prompts"], sha256=sha256_file(path))
+            unknown = sorted(set(summary["tasks"]) - set(tasks))
+            absent = [t for t in tasks if t not in summary["tasks"]]
+            if images != expected_images or unknown or absent:
                 row["status"] = "imported (incomplete)"
-                notes.append(f"{method}: {summary['images']} images in {path}, the layout has "
+                notes.append(f"{method}: {images} images in {path}, the layout has "
                              f"{expected_images}" + (f"; tasks absent: {absent}" if absent else "")
                              + (f"; unknown tags {unknown}" if unknown else ""))
             else:
                 row["status"] = "imported"
         rows.append(row)
-    columns = ["method", "label", "status", *TASKS.values(), "Overall", "n_images", "n_prompts",
+    columns = ["method", "label", "status", *tasks.values(), "Overall", "n_images", "n_prompts",
                "results", "sha256", "layout"]
     table = pd.DataFrame(rows).reindex(columns=columns)
-    return table, table3_markdown(table, notes, settings or {})
+    return table, table3_markdown(table, notes, settings or {}, tasks)
 
 
 def _cell(value: Any) -> str:
     return "-" if value is None or pd.isna(value) else f"{value:.2f}"
 
 
-def table3_markdown(table: pd.DataFrame, notes: Iterable[str], settings: dict[str, Any]) -> str:
+def table3_markdown(table: pd.DataFrame, notes: Iterable[str], settings: dict[str, Any],
+                    tasks: dict[str, str] | None = None) -> str:
     from spo.environment import LOCK_FILE, short_lock_hash
 
-    cols = [*TASKS.values(), "Overall"]
+    tasks = tasks or TASKS
+    cols = [*tasks.values(), "Overall"]
     lines = ["# Table 3: GenEval", "", f"Environment: `{LOCK_FILE}` {short_lock_hash()}.", ""]
+    scored_by = ("scored by GenEval's own detector outside this DAG (imported), summarised as "
+                 "GenEval's summary_scores.py (overall = mean of the six task scores), in %."
+                 if tasks is TASKS else
+                 "scored in the DAG by the tiny world's analytic detector (spo/world/detect.py; the "
+                 "tiny stand-in for GenEval's detector): per attribute the share of images that show "
+                 "it, overall = mean of the attributes, in %. NOT comparable with the paper's tasks.")
     if settings:
         lines += ["Generated with " + ", ".join(f"{k} {v}" for k, v in settings.items())
-                  + "; scored by GenEval's own detector outside this DAG (imported), summarised as "
-                  "GenEval's summary_scores.py (overall = mean of the six task scores), in %.", ""]
+                  + "; " + scored_by, ""]
     lines += ["| method | status | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for row in table.itertuples(index=False):
         values = dict(zip(table.columns, row))
         lines.append(f"| {values['label']} | {values['status']} | "
                      + " | ".join(_cell(values[c]) for c in cols) + " |")
+    paper_cols = [*TASKS.values(), "Overall"]
     lines += ["", "Paper (SPO, Table 3; SDXL† with CFG 5.0 and 50 steps):", "",
-              "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+              "| method | " + " | ".join(paper_cols) + " |", "|---|" + "---|" * len(paper_cols)]
     for name, values in PAPER_TABLE3.items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
     notes = list(notes)
@@ -243,7 +291,7 @@ def write_table3(config: dict[str, Any], layouts: dict[str, str], out_prefix: st
     table, markdown = build_table3(methods, labels, expected_images=n_prompts * per_prompt,
                                    layouts=layouts,
                                    results_pattern=spec.get("results", RESULTS_PATTERN),
-                                   settings=settings)
+                                   settings=settings, tasks=DETECTOR_TASKS.get(spec.get("detector")))
     out_prefix = Path(out_prefix)
     with atomic_path(out_prefix.with_suffix(".csv")) as tmp:
         table.to_csv(tmp, index=False)

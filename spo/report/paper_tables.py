@@ -37,6 +37,7 @@ METRIC_COLUMNS = (
     ("imagereward", "ImageReward", "ImageReward", ""),
     ("aesthetic", "Aesthetic", "Aesthetic", ""),
     ("colorfulness", "Colourfulness (analytic)", None, "no paper value"),
+    ("adherence", "Adherence (detector)", None, "no paper value"),
 )
 
 
@@ -137,7 +138,11 @@ def plan_tables(config: dict[str, Any], numbers: PaperNumbers,
 
 def metric_columns(config: dict[str, Any], table: PaperTable) -> list[MetricColumn]:
     """Our metric columns for ``table``, in METRIC_COLUMNS order, for the metrics the config scores."""
-    by_scorer = {spec.get("scorer", name): name for name, spec in config["metrics"].items()}
+    by_scorer: dict[str, str] = {}
+    for name, spec in config["metrics"].items():
+        # one column per scorer: a scorer with variants (adherence per attribute) shows its "all"
+        if spec.get("attribute", "all") == "all":
+            by_scorer.setdefault(spec.get("scorer", name), name)
     paper_cols = {c.key: c for c in table.columns}
     out = []
     for scorer, label, paper_column, note in METRIC_COLUMNS:
@@ -149,8 +154,28 @@ def metric_columns(config: dict[str, Any], table: PaperTable) -> list[MetricColu
 
 def is_comparable(config: dict[str, Any], plan: TablePlan) -> bool:
     """Our numbers are comparable with the paper's only for real (not tiny) base models."""
-    return not any("tiny" in config["models"][config["methods"][m]["model"]]["source"]
+    from spo.models.sources import is_tiny_source
+
+    return not any(is_tiny_source(config["models"][config["methods"][m]["model"]]["source"])
                    for m in plan.methods)
+
+
+def baseline_gains(config: dict[str, Any], plan: TablePlan, scores: pd.DataFrame) -> dict:
+    """(method, metric) -> paired difference to the method's ``baseline`` on the table's prompt
+    set, with its bootstrap CI (``spo.tables.baseline_deltas``): each row's effect, the number a
+    miniature can be compared on when the paper's absolute values cannot."""
+    from spo.tables import baseline_deltas
+
+    baselines = {m: config["methods"][m].get("baseline") for m in plan.methods}
+    baselines = {m: b for m, b in baselines.items() if b}
+    if not baselines or scores.empty or plan.prompt_set is None:
+        return {}
+    opts = config["tables"]
+    wanted = set(baselines) | set(baselines.values())
+    part = scores[(scores["prompt_set"] == plan.prompt_set) & scores["method"].isin(wanted)]
+    deltas = baseline_deltas(part, baselines, samples=opts["bootstrap_samples"],
+                             confidence=opts["confidence"], seed=opts["seed"])
+    return {(r.method, r.metric): r._asdict() for r in deltas.itertuples(index=False)}
 
 
 def read_scores(score_files: Sequence[str | Path]) -> pd.DataFrame:
@@ -170,6 +195,7 @@ def table_frame(config: dict[str, Any], numbers: PaperNumbers, plan: TablePlan,
     opts = config["tables"]
     columns = metric_columns(config, table)
     comparable = is_comparable(config, plan)
+    gains = baseline_gains(config, plan, scores)
     records = []
     for row in table.rows:
         method = plan.rows[row.key]
@@ -198,7 +224,8 @@ def table_frame(config: dict[str, Any], numbers: PaperNumbers, plan: TablePlan,
                    "paper_column": col.paper_column or "", "paper": paper,
                    "metric_version": "", "ours": np.nan, "delta": np.nan, "ci_low": np.nan,
                    "ci_high": np.nan, "confidence": opts["confidence"], "n_prompts": 0,
-                   "n_images": 0, "comparable": comparable, "status": "not run"}
+                   "n_images": 0, "comparable": comparable, "status": "not run", "baseline": "",
+                   "gain": np.nan, "gain_ci_low": np.nan, "gain_ci_high": np.nan}
             if summary is not None:
                 s = summary.loc[col.metric]
                 rec.update(metric_version=s["metric_version"], ours=s["mean"], ci_low=s["ci_low"],
@@ -206,6 +233,10 @@ def table_frame(config: dict[str, Any], numbers: PaperNumbers, plan: TablePlan,
                            n_images=int(s["n_images"]), status="ours")
                 if comparable and not np.isnan(paper):
                     rec["delta"] = s["mean"] - paper
+                gain = gains.get((method, col.metric))
+                if gain is not None:
+                    rec.update(baseline=gain["baseline"], gain=gain["delta"],
+                               gain_ci_low=gain["delta_ci_low"], gain_ci_high=gain["delta_ci_high"])
             records.append(rec)
     return pd.DataFrame(records)
 

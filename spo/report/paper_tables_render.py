@@ -67,10 +67,15 @@ def header_lines(config: dict[str, Any], numbers: PaperNumbers, plan, frame: pd.
                      f"{numbers.metric_versions['Aesthetic']}.")
     if not bool(frame["comparable"].iloc[0]):
         lines.append(f"Paper columns: **{NOT_COMPARABLE.format(profile=profile)}**: our rows come "
-                     f"from tiny random-init models and metrics, so no ours − paper difference is "
-                     f"computed. Tiny ablation rows check the plumbing, not the paper's effects.")
+                     f"from the tiny world's models (data/tiny-world), so no ours − paper difference "
+                     f"is computed; compare the effects instead: Δ base is each row's paired "
+                     f"difference to its base model with its CI, the paper's rows differ from "
+                     f"their base model as the paper's own columns show. PickScore is the tiny "
+                     f"PickScore; HPS, ImageReward and Aesthetic are random-init stand-ins (their "
+                     f"code runs, their numbers mean nothing).")
     else:
-        lines.append("Δ = ours − paper (our mean minus the paper's printed value); the CI is ours.")
+        lines.append("Δ = ours − paper (our mean minus the paper's printed value); the CI is ours; "
+                     "Δ base = paired difference to the row's base model, with its CI.")
     empty = [r for r, m in plan.rows.items() if m is None]
     if empty:
         lines.append(f"Rows not run (no method of this config fills them): "
@@ -95,7 +100,8 @@ def _wide_rows(table: PaperTable, plan, frame: pd.DataFrame, comparable: bool, p
     for _, m in metrics.iterrows():
         groups.append(m["metric_label"])
         head += [f"{m['metric_label']} {paper_label}", f"{m['metric_label']} ours",
-                 f"{m['metric_label']} ours − paper", f"{m['metric_label']} 95% CI"]
+                 f"{m['metric_label']} ours − paper", f"{m['metric_label']} 95% CI",
+                 f"{m['metric_label']} Δ base [95% CI]"]
     body = []
     for row in table.rows:
         part = frame[frame["row"] == row.key].set_index("metric")
@@ -105,12 +111,16 @@ def _wide_rows(table: PaperTable, plan, frame: pd.DataFrame, comparable: bool, p
         for _, m in metrics.iterrows():
             d = decimals.get(m["paper_column"], 2)
             if m["metric"] not in part.index:
-                cells += ["—"] * 4
+                cells += ["—"] * 5
                 continue
             r = part.loc[m["metric"]]
             ci = (f"[{_fmt(r['ci_low'], d + 1)}, {_fmt(r['ci_high'], d + 1)}]"
                   if r["status"] == "ours" else "—")
-            cells += [_fmt(r["paper"], d), _fmt(r["ours"], d + 1), _fmt(r["delta"], d + 1, sign=True), ci]
+            gain = (f"{_fmt(r['gain'], d + 1, sign=True)} [{_fmt(r['gain_ci_low'], d + 1, sign=True)}, "
+                    f"{_fmt(r['gain_ci_high'], d + 1, sign=True)}]"
+                    if "gain" in r and not pd.isna(r["gain"]) else "—")
+            cells += [_fmt(r["paper"], d), _fmt(r["ours"], d + 1), _fmt(r["delta"], d + 1, sign=True),
+                      ci, gain]
         body.append(cells)
     return head, body, groups
 
@@ -161,13 +171,14 @@ def to_latex(config, numbers, plan, frame, config_hash) -> str:
         lines.append(r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}")
         lines += [r"\toprule", " & ".join(tex_escape(h) for h in head) + r" \\", r"\midrule"]
     else:
-        lines.append(r"\begin{tabular}{lll" + "rrrc" * len(groups) + "}")
+        lines.append(r"\begin{tabular}{lll" + "rrrcc" * len(groups) + "}")
         lines.append(r"\toprule")
-        lines.append(" & & & " + " & ".join(rf"\multicolumn{{4}}{{c}}{{{tex_escape(g)}}}"
+        lines.append(" & & & " + " & ".join(rf"\multicolumn{{5}}{{c}}{{{tex_escape(g)}}}"
                                             for g in groups) + r" \\")
-        lines.append(" ".join(rf"\cmidrule(lr){{{4 + 4 * i}-{7 + 4 * i}}}" for i in range(len(groups))))
+        lines.append(" ".join(rf"\cmidrule(lr){{{4 + 5 * i}-{8 + 5 * i}}}" for i in range(len(groups))))
         paper = "paper" if comparable else r"paper\textsuperscript{*}"
-        sub = [tex_escape(h) for h in head[:3]] + [paper, "ours", r"$\Delta$", r"95\% CI"] * len(groups)
+        sub = [tex_escape(h) for h in head[:3]] + [paper, "ours", r"$\Delta$", r"95\% CI",
+                                                    r"$\Delta$ base"] * len(groups)
         lines += [" & ".join(sub) + r" \\", r"\midrule"]
     for cells in body:
         first = latex_labels.get(cells[0], tex_escape(cells[0]))

@@ -7,7 +7,8 @@ and a metric like the others (``spo.metrics.adherence``).
 How it reads an image (32 px, RGB):
 1. background: the median colour of the one-pixel border;
 2. object: pixels whose colour is far from the background (> ``OBJECT_DISTANCE`` in RGB [0, 1]);
-   no object (fewer than ``MIN_PIXELS``) makes colour, shape and size wrong;
+   no object (fewer than ``MIN_PIXELS``) makes colour, shape and size wrong; its outline is where
+   pixels are at least half-way from the background to the object's colour;
 3. colours are named by hue where saturated (> ``CHROMATIC_SATURATION``), else by brightness
    (white / gray / black), at the centres of ``grammar.COLOURS``;
 4. shape: the template (ellipse, rectangle, upward triangle) fitted to the object's bounding box
@@ -71,7 +72,14 @@ def read_scene(image: np.ndarray, spec: WorldSpec) -> dict:
     if mask.sum() < MIN_PIXELS:
         return out
     core = distance >= 0.5 * (distance.max() + OBJECT_DISTANCE)  # away from blended edges
-    out["colour"] = name_colour(np.median(img[core if core.sum() >= 2 else mask], axis=0), spec.colours)
+    colour = np.median(img[core if core.sum() >= 2 else mask], axis=0)
+    out["colour"] = name_colour(colour, spec.colours)
+    # An edge pixel blends object and background in proportion to its coverage: pixels at least
+    # half-way to the object's colour are the shape (a blur, antialiasing or a VAE, spreads the
+    # faint fringe but keeps the half-way contour).
+    half = distance > 0.5 * max(float(np.linalg.norm(colour - bg)), OBJECT_DISTANCE)
+    if half.sum() >= MIN_PIXELS:
+        mask = half
     rows, cols = np.nonzero(mask)
     h0, h1, w0, w1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     templates = _templates(h0, h1, w0, w1, size)

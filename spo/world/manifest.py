@@ -11,6 +11,7 @@ rebuilds it, instead of loading other weights silently.
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,24 @@ class ShippedWorldError(RuntimeError):
     """A shipped tiny-world file is missing or differs from its manifest."""
 
 
+def _ignored(path: Path) -> bool:
+    return path.name == MANIFEST or path.name.startswith(".snakemake")
+
+
 def file_table(root: Path) -> dict[str, dict[str, Any]]:
+    """{relative path: sha256 and size} of every regular file (symlinks are ``link_table``'s)."""
     from spo.io import sha256_file
 
     return {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink() and not _ignored(p)
+            and not any(q.is_symlink() for q in p.relative_to(root).parents if str(q) != ".")}
+
+
+def link_table(root: Path) -> dict[str, str]:
+    """{relative path: link target} of every symlink (a part two pipelines share, stored once)."""
+    return {p.relative_to(root).as_posix(): str(p.readlink()) for p in sorted(root.rglob("*"))
+            if p.is_symlink()}
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
@@ -53,9 +67,22 @@ def verify(root: str | Path, only: str | None = None) -> list[str]:
 
     root = Path(root)
     manifest = read_manifest(root)
+    links = manifest.get("links", {})
+    prefixes = None
+    if only:  # the folder's own files and those of the folders its links point to
+        prefixes = [only.rstrip("/") + "/"]
+        prefixes += [os.path.normpath(os.path.join(os.path.dirname(name), target)) + "/"
+                     for name, target in links.items() if name.startswith(prefixes[0])]
     problems = []
+    for name, target in sorted(links.items()):
+        if prefixes and not any(name.startswith(p) for p in prefixes):
+            continue
+        path = root / name
+        if not path.is_symlink() or str(path.readlink()) != target:
+            problems.append(f"shipped link '{path}' should point to '{target}' (a part shared by two "
+                            f"pipelines); it is missing or points elsewhere")
     for name, entry in sorted(manifest["files"].items()):
-        if only and not name.startswith(only.rstrip("/") + "/"):
+        if prefixes and not any(name.startswith(p) for p in prefixes):
             continue
         path = root / name
         if not path.is_file():

@@ -16,11 +16,12 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from spo.world.manifest import FORMAT, MANIFEST, SHIPPED, VERSION, file_table, read_manifest
+from spo.world.manifest import FORMAT, MANIFEST, VERSION, file_table, link_table, read_manifest
 from spo.world.grammar import WorldSpec
 from spo.world.settings import PretrainSettings
 
 COMMAND = "snakemake --cores 2 pretrain_tiny"
+SHARED_COMPONENTS = ("vae", "text_encoder")
 SHIPPED_ROOT = "data/tiny-world"
 
 
@@ -36,18 +37,26 @@ def release(spec: WorldSpec, ps: PretrainSettings, parts_root: str | Path, out_d
         path = parts_root / part / "pretrain.json"
         if path.is_file():
             record = json.loads(path.read_text())["resolved"]
+            provenance = json.loads(path.read_text())
             records[part] = {"command": " ".join(record["argv"]).replace(record["argv"][0], "python -m spo", 1),
-                             "seconds": record.get("seconds"), "final_loss": record.get("final_loss")}
+                             "seconds": record.get("seconds"), "final_loss": record.get("final_loss"),
+                             "git_commit": provenance.get("git_commit")}
     with atomic_path(out_dir, is_dir=True) as tmp:
+        skip = shutil.ignore_patterns("pretrain.json", "half-way", ".snakemake*")
         for part in ("sd15", "sdxl", "pickscore"):
-            shutil.copytree(parts_root / part, tmp / part,
-                            ignore=shutil.ignore_patterns("pretrain.json", "half-way"))
+            shutil.copytree(parts_root / part, tmp / part, ignore=skip)
         # the SDXL UNet half-way through its training (fp16): the LoRA-transfer figure's second model
-        shutil.copytree(parts_root / "sdxl" / "half-way", tmp / "sdxl-half-way")
+        shutil.copytree(parts_root / "sdxl" / "half-way", tmp / "sdxl-half-way", ignore=skip)
+        # The VAE and the first text encoder are the same weights in both pipelines (trained once,
+        # as SDXL reuses CLIP ViT-L's text tower): stored once, the SDXL folder links to them.
+        for component in SHARED_COMPONENTS:
+            if file_table(tmp / "sd15" / component) == file_table(tmp / "sdxl" / component):
+                shutil.rmtree(tmp / "sdxl" / component)
+                (tmp / "sdxl" / component).symlink_to(Path("..") / "sd15" / component)
         manifest = {"format": FORMAT, "version": VERSION, "command": COMMAND,
                     "git_commit": _git_commit(), "environment": summary(), "cpu": cpu_family(),
                     "seed": ps.seed, "config": {"world": _plain(asdict(spec)), "pretrain": _plain(asdict(ps))},
-                    "parts": records, "files": file_table(tmp)}
+                    "parts": records, "files": file_table(tmp), "links": link_table(tmp)}
         write_json_atomic(tmp / MANIFEST, manifest)
     report = compare_with_shipped(manifest, shipped_root)
     write_json_atomic(out_dir.parent / "reproduction.json", report)
@@ -69,9 +78,10 @@ def compare_with_shipped(manifest: dict, shipped_root: str | Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - no shipped world yet: nothing to compare with
         return {"shipped": str(shipped_root), "compared": False, "why": str(exc)}
     ours, theirs = manifest["files"], shipped["files"]
+    ours_links, theirs_links = manifest.get("links", {}), shipped.get("links", {})
     same = sorted(n for n in ours if n in theirs and ours[n]["sha256"] == theirs[n]["sha256"])
     differ = sorted(n for n in ours if n in theirs and ours[n]["sha256"] != theirs[n]["sha256"])
     return {"shipped": str(shipped_root), "compared": True,
-            "identical": not differ and set(ours) == set(theirs),
+            "identical": not differ and set(ours) == set(theirs) and ours_links == theirs_links,
             "same": same, "differ": differ,
             "only_here": sorted(set(ours) - set(theirs)), "only_shipped": sorted(set(theirs) - set(ours))}

@@ -114,7 +114,7 @@ def test_tiny_tables_are_written_with_every_part(tmp_path, scores):
     assert set(csv.config_hash) == {config_hash} and set(csv.profile) == {"tiny"}
     assert set(csv.comparable) == {False}
     tex = (tmp_path / "out" / "table2.tex").read_text()
-    assert r"\begin{tabular}" in tex and r"\multicolumn{4}{c}{PickScore}" in tex
+    assert r"\begin{tabular}" in tex and r"\multicolumn{5}{c}{PickScore}" in tex
     assert "not comparable (tiny profile)" in tex
     # Table 6 uses the ablation prompt set (k2 is only evaluated there), the shared SPO row too.
     t6 = out[6]

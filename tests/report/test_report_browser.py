@@ -4,7 +4,8 @@
 `tiny_dag_local` fixture), then Debian's `chromium` driven by playwright (pointed at the system
 browser: playwright's own browser download is never used). Checks: the page loads without console
 errors, every table the config produces is in the report and its HTML view shows a <table>, every
-image in the report renders (non-zero natural size), and a screenshot is saved (path printed).
+image in the report renders (non-zero natural size), a screenshot of one figure (the Figure 2 grid
+of tiny-world scenes) as rendered is not blank, and screenshots are saved (path printed).
 
 Without chromium or playwright the test skips with the reason, except in CI (CI=true), where
 it fails: .ci/run installs chromium (apt-get) and playwright comes with the `test` extra.
@@ -174,6 +175,23 @@ def test_report_opens_in_headless_chromium(report, tmp_path_factory):
         assert figures <= set(images), sorted(figures - set(images))
         if images:
             page.screenshot(path=str(shot_dir / "report-image.png"), full_page=True)
+
+        # One figure as a reader sees it in the browser: the Figure 2 grid of tiny-world scenes.
+        # A screenshot of the rendered <img> must not be blank: real contrast and many colours.
+        grid = next(p for p in images if p.endswith("figures/figure2.png"))
+        page.evaluate("""path => app.setView({content: "img", contentPath: results[path].data_uri,
+                                              resultPath: path})""", grid)
+        element = page.wait_for_selector('#app img[src^="data:"]', timeout=10_000)
+        shot = shot_dir / "figure2-rendered.png"
+        element.screenshot(path=str(shot))
+        import numpy as np
+        from PIL import Image
+
+        pixels = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+        colours = len(np.unique(pixels.reshape(-1, 3).astype(int) // 16, axis=0))
+        print(f"figure2 as rendered: {pixels.shape[1]}x{pixels.shape[0]} px, std {pixels.std():.1f}, "
+              f"{colours} colour bins ({shot})")
+        assert pixels.shape[0] > 100 and pixels.std() > 20 and colours > 30, (pixels.std(), colours)
 
         # Run-time statistics (every rule's benchmark record) render as charts, from the menu.
         page.evaluate("app.setView({navbarMode: 'menu'})")

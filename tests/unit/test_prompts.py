@@ -57,9 +57,10 @@ def test_paper_figure_prompts_are_verbatim(repo_root):
     assert fig11.set_index("prompt_id").prompt["fig11_r3c3"] == "cat, cute, child, hat"
 
 
-def test_tiny_train_and_eval_prompts_are_disjoint(repo_root):
-    train = read_prompt_tsv(repo_root / "data/prompts/tiny_train.tsv")
-    evaluation = read_prompt_tsv(repo_root / "data/prompts/tiny_eval.tsv")
+@pytest.mark.parametrize("train,evaluation", [("tiny_train", "tiny_eval"), ("world_train", "world_eval")])
+def test_train_and_eval_prompts_are_disjoint(repo_root, train, evaluation):
+    train = read_prompt_tsv(repo_root / f"data/prompts/{train}.tsv")
+    evaluation = read_prompt_tsv(repo_root / f"data/prompts/{evaluation}.tsv")
     assert not set(train.prompt) & set(evaluation.prompt)
 
 

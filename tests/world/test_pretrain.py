@@ -64,6 +64,9 @@ def test_the_manifest_hashes_every_shipped_file(short_world):
     assert manifest["parts"]["sd15"]["command"].startswith("python -m spo")  # argv of the part
     assert manifest["environment"]["lock_sha256"]
     assert {n.split("/")[0] for n in manifest["files"]} == {"sd15", "sdxl", "pickscore", "sdxl-half-way"}
+    # the VAE and CLIP-a's text tower are one set of weights in both pipelines: stored once
+    assert manifest["links"] == {"sdxl/text_encoder": "../sd15/text_encoder", "sdxl/vae": "../sd15/vae"}
+    assert not any(name.startswith(("sdxl/vae/", "sdxl/text_encoder/")) for name in manifest["files"])
     assert verify(release) == []
     report = json.loads((short_world / "reproduction.json").read_text())
     assert "compared" in report
@@ -73,7 +76,7 @@ def test_a_changed_or_missing_file_is_named_with_its_hash_and_the_rebuild_comman
     from spo.models.sources import SourceError, local_root
 
     world = tmp_path / "tiny-world"
-    shutil.copytree(short_world / "release", world)
+    shutil.copytree(short_world / "release", world, symlinks=True)
     unet = world / "sd15" / "unet" / "diffusion_pytorch_model.safetensors"
     expected = read_manifest(world)["files"]["sd15/unet/diffusion_pytorch_model.safetensors"]["sha256"]
     unet.write_bytes(unet.read_bytes()[:-8] + b"\0" * 8)

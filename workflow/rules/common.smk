@@ -2,13 +2,15 @@
 import sys
 from pathlib import Path
 
-from spo.config import ConfigError, evaluated_methods, evaluated_pairs, evaluated_prompt_sets, resolve_config, validate_config
+from spo.config import ConfigError, evaluated_methods, evaluated_pairs, evaluated_prompt_sets, load_yaml, resolve_config, validate_config
 from spo.io import stable_hash, write_text_atomic
 
 import yaml
 
 # `config` holds whatever --configfile / --config gave (nothing: the embedded tiny default).
 try:
+    for _configfile in workflow.configfiles:  # Snakemake's own YAML reading lets a repeated key win
+        load_yaml(_configfile)
     CONFIG = resolve_config(config, workflow.basedir)
     validate_config(CONFIG)
 except ConfigError as exc:
@@ -33,8 +35,23 @@ if not workflow.remote_exec and check_install():
     logger.warning("WARNING: " + mismatch_message(check_install()))
 
 RESOLVED_CONFIG = f"results/config/{stable_hash(CONFIG)}.yaml"
-if not Path(RESOLVED_CONFIG).exists():
-    write_text_atomic(RESOLVED_CONFIG, yaml.safe_dump(CONFIG, sort_keys=False))
+
+
+def write_resolved_config():
+    if not Path(RESOLVED_CONFIG).exists():
+        write_text_atomic(RESOLVED_CONFIG, yaml.safe_dump(CONFIG, sort_keys=False))
+
+
+# Written when jobs are about to run (onstart: not on a dry run, `--list`, `--lint` or a run with
+# nothing to do, which write nothing under results/), or by a job spawned on a cluster node.
+if workflow.remote_exec:
+    write_resolved_config()
+
+
+onstart:
+    write_resolved_config()
+
+
 PYTHON = sys.executable
 MODELS_ROOT = "results/models"
 
@@ -101,12 +118,21 @@ def table_files():
     ]
 
 
-def tiny_model_inputs(wildcards):
-    """The DAG-built tiny pipeline a method needs (nothing for hub or local models)."""
-    model = CONFIG["methods"][wildcards.method]["model"]
-    if "tiny" in CONFIG["models"][model]["source"]:
+def model_inputs(model):
+    """What loading `models.<model>` reads that the DAG knows of: the tiny pipeline it builds, or
+    the manifest of the shipped tiny world (a rebuilt world reruns its users); nothing for hub or
+    other local models."""
+    from spo.models.sources import shipped_manifest
+
+    spec = CONFIG["models"][model]
+    if "tiny" in spec["source"]:
         return {"model": f"{MODELS_ROOT}/pipelines/{model}"}
-    return {}
+    manifests = {shipped_manifest(spec[k]) for k in ("source", "vae", "unet") if k in spec} - {None}
+    return {"world": sorted(manifests)} if manifests else {}
+
+
+def tiny_model_inputs(wildcards):
+    return model_inputs(CONFIG["methods"][wildcards.method]["model"])
 
 
 def prompt_source_inputs(prompt_set):
@@ -167,14 +193,30 @@ def train_inputs(wildcards):
 
 
 def train_fingerprint(wildcards):
+    """The config of everything a training reads: its `train:` block, base model, seed and
+    resolution, and the config of its prompt set, preference model (`spm.runs.<run>` with its
+    data, `spm.pickscore`) or pair dataset. The trainer also records the content of each input in
+    the checkpoint folder (spo/training/checkpoints.py: claim) and resumes only on a match."""
     method = CONFIG["methods"][wildcards.method]
+    train, spm = method["train"], CONFIG.get("spm") or {}
+    inputs = {}
+    if train.get("algorithm") == "diffusion-dpo":
+        inputs["pairs"] = (spm.get("datasets") or {}).get((train.get("diffusion_dpo") or {}).get("data"))
+    else:
+        inputs["prompts"] = CONFIG["prompt_sets"][train["prompts"]]["source"]
+        preference = train.get("preference") or {}
+        run = (spm.get("runs") or {}).get(preference.get("run"))
+        if preference.get("name") in ("spm", "spm-no-step") and run is not None:
+            inputs["spm_run"] = [run, (spm.get("datasets") or {}).get(run.get("data")), spm.get("pickscore")]
+        if preference.get("name") == "pickscore" and "path" not in preference:
+            inputs["pickscore"] = spm.get("pickscore")
     return stable_hash([method["train"], CONFIG["models"][method["model"]], CONFIG["seed"],
-                        CONFIG["generation"]["resolution"]])
+                        CONFIG["generation"]["resolution"], inputs])
 
 
 def train_checkpoints(wildcards):
-    # One folder per training fingerprint: a run whose `train:` block (or base model) changed
-    # must start afresh, not resume the old run's checkpoints.
+    # One folder per training fingerprint: a run whose `train:` block, base model, prompts or
+    # preference model config changed must start afresh, not resume the old run's checkpoints.
     return f"results/checkpoints/train/{wildcards.method}/{train_fingerprint(wildcards)}"
 
 
@@ -187,12 +229,14 @@ def train_launcher(wildcards, resources):
 
 
 def tiny_metric_inputs(wildcards):
+    from spo.models.sources import shipped_manifest
+
+    weights = {m: (CONFIG["metrics"][m].get("weights") or {}) for m in metric_group(wildcards.scoring)}
     return {
-        "weights": [
-            f"{MODELS_ROOT}/metrics/{metric}"
-            for metric in metric_group(wildcards.scoring)
-            if any("tiny" in s for s in (CONFIG["metrics"][metric].get("weights") or {}).values())
-        ]
+        "weights": [f"{MODELS_ROOT}/metrics/{m}" for m, w in weights.items()
+                    if any("tiny" in s for s in w.values())],
+        # weights of the shipped tiny world (the tiny PickScore): a rebuilt world rescores
+        "world": sorted({shipped_manifest(s) for w in weights.values() for s in w.values()} - {None}),
     }
 
 

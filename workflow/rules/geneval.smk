@@ -49,3 +49,22 @@ rule geneval_table:
     shell:
         "{PYTHON} -m spo geneval-table --config {RESOLVED_CONFIG} --layouts {input.layouts}"
         " --out results/tables/table3_geneval > {log} 2>&1"
+
+
+# The tiny profile (geneval.detector: adherence): the DAG scores its own layout with the tiny world's
+# analytic detector, writing GenEval's results.jsonl format where a GenEval run would put it.
+rule geneval_detect:
+    input:
+        layout=LAYOUT_PATTERN,
+    output:
+        RESULTS_PATTERN,
+    params:
+        fingerprint=geneval_fingerprint,
+    log:
+        "results/logs/geneval_detect/{method}.log",
+    benchmark:
+        "results/benchmarks/geneval_detect/{method}.tsv"
+    localrule: True
+    shell:
+        "{PYTHON} -m spo geneval-detect --config {RESOLVED_CONFIG} --layout {input.layout}"
+        " --out {output} > {log} 2>&1"

@@ -43,8 +43,12 @@ def geneval_layout_inputs(wildcards):
 
 
 def geneval_table_inputs(wildcards):
-    """The layouts, and each results.jsonl the user has put in place: a file that appears later
-    changes the input set, so Snakemake reruns Table 3 and imports it."""
+    """The layouts, and each results.jsonl: the detector's (tiny profile, a DAG output), or what the
+    user has put in place (a file that appears later changes the input set, so Snakemake reruns
+    Table 3 and imports it)."""
+    if GENEVAL.get("detector"):
+        return {"layouts": geneval_layout_dirs(),
+                "results": [RESULTS_PATTERN.format(method=m) for m in geneval_methods()]}
     return {"layouts": geneval_layout_dirs(),
             "results": [f for m in geneval_methods() if Path(f := geneval_results_file(m)).is_file()]}
 

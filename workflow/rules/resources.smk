@@ -44,7 +44,9 @@ JOB_SIZES = {
 
 
 def _is_tiny(source):
-    return "tiny" in source
+    from spo.models.sources import is_tiny_source
+
+    return is_tiny_source(source)
 
 
 def _is_trained_output(source):

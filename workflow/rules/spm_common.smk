@@ -35,19 +35,14 @@ def spm_files():
 def spm_pairs_inputs(wildcards):
     spec = _spm()["datasets"][wildcards.dataset]
     if "tiny" in spec:
-        return {
-            "model": f"{MODELS_ROOT}/pipelines/{spec['tiny']['model']}",
-            "prompts": spec["tiny"]["prompts"],
-        }
+        return {**model_inputs(spec["tiny"]["model"]), "prompts": spec["tiny"]["prompts"]}
     source = spec[wildcards.split]
     return {"parquet": source["path"]} if "path" in source else {}
 
 
 def spm_latents_inputs(wildcards):
-    out = {"pairs": f"results/spm/pairs/{wildcards.dataset}/{wildcards.split}"}
-    if "tiny" in CONFIG["models"][wildcards.model]["source"]:
-        out["model"] = f"{MODELS_ROOT}/pipelines/{wildcards.model}"
-    return out
+    return {"pairs": f"results/spm/pairs/{wildcards.dataset}/{wildcards.split}",
+            **model_inputs(wildcards.model)}
 
 
 def train_spm_inputs(wildcards):
@@ -61,8 +56,7 @@ def train_spm_inputs(wildcards):
     if not _spm_dataset_is_tiny(data):
         out["latents"] = f"results/spm/latents/{data}/train/{model}"
         out["val_latents"] = f"results/spm/latents/{data}/validation/{model}"
-    if "tiny" in CONFIG["models"][model]["source"]:
-        out["model"] = f"{MODELS_ROOT}/pipelines/{model}"
+    out.update(model_inputs(model))
     if "tiny" in _spm()["pickscore"]["model"]:
         out["pickscore"] = f"{MODELS_ROOT}/spm-init/pickscore"
     return out
