@@ -71,7 +71,7 @@ def collect(results_root: str | Path, config: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a finished run under ``results_root`` (the ``results/`` folder)."""
     import pandas as pd
 
-    from spo.config import evaluated_prompt_sets
+    from spo.config import evaluated_methods, evaluated_prompt_sets
     from spo.environment import lock_sha256
     from spo.io import _git_commit, stable_hash
 
@@ -97,13 +97,13 @@ def collect(results_root: str | Path, config: dict[str, Any]) -> dict[str, Any]:
         if not path.is_file():
             raise ExpectedResultsError(f"'{path}' does not exist: run the DAG first")
         frame = pd.read_csv(path)
-        spm[run] = [{k: (_num(v) if k != "model" else v) for k, v in row.items()}
+        spm[run] = [{k: (v if isinstance(v, str) else _num(v)) for k, v in row.items()}
                     for row in frame.to_dict("records")]
     return {"format": FORMAT, "version": VERSION, "command": COMMAND,
             "environment": {"lock_sha256": lock_sha256(), "cpu": cpu_family(),
                             "python": platform.python_version(), "locked_versions": _locked()},
             "config_hash": stable_hash(config), "git_commit": _git_commit(),
-            "tables": tables, "spm_accuracy": spm}
+            "method_order": evaluated_methods(config), "tables": tables, "spm_accuracy": spm}
 
 
 def _locked() -> dict[str, str]:
@@ -211,6 +211,20 @@ README_METRICS = (("colorfulness", "Δ colourfulness"), ("adherence", "Δ adhere
                   ("pickscore", "Δ tiny PickScore"))
 README_BASE_METRICS = ("adherence", "adherence-background", "adherence-colour", "adherence-shape",
                        "adherence-size", "colorfulness")
+# The paper's claims as the tiny profile's rows measure them: (claim, paper's reading, rows).
+README_CLAIMS = (
+    ("SPM vs SPM without step condition vs PickScore (Table 5)", "SPM > no step > PickScore",
+     ("tiny-sd15-spo", "tiny-sd15-spo-no-step", "tiny-sd15-spo-pickscore")),
+    ("k candidates, 2 / 4 / 8 (Table 6)", "4 best", ("tiny-sd15-spo-k2", "tiny-sd15-spo", "tiny-sd15-spo-k8")),
+    ("MSPO window j, 1 / 2 / 4 (Table 7)", "4 best (SDXL)",
+     ("tiny-sdxl-mspo-j1", "tiny-sdxl-mspo-colorfulness", "tiny-sdxl-mspo-j4")),
+    ("timestep range [0, 750] / [0, 1000] / [250, 750] (Table 8)", "[0, 750] best, [0, 1000] worst",
+     ("tiny-sd15-spo", "tiny-sd15-spo-t0-1000", "tiny-sd15-spo-t250-750")),
+    ("next x_t random / winner (Table 4)", "random best", ("tiny-sd15-spo", "tiny-sd15-spo-next-win")),
+    ("pair best & worst / random (Table 9)", "best & worst better", ("tiny-sd15-spo", "tiny-sd15-spo-random-pair")),
+    ("SPO vs the baselines (Table 2)", "SPO > Diffusion-DPO, DDPO, D3PO",
+     ("tiny-sd15-spo", "tiny-sd15-diffusion-dpo", "tiny-sd15-ddpo", "tiny-sd15-d3po")),
+)
 
 
 def _ci(d: float, lo: float, hi: float) -> str:
@@ -221,7 +235,9 @@ def render_readme(data: dict[str, Any], prompt_set: str = "tiny-eval") -> str:
     """The README block: paired differences per trained method, base models' scores, SPM accuracy."""
     rows = data["tables"].get(prompt_set, [])
     by = {(r["method"], r["metric"]): r for r in rows}
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    present = {r["method"] for r in rows}
+    methods = [m for m in data.get("method_order", []) if m in present]
+    methods += sorted(present - set(methods))
     metrics = [(m, label) for m, label in README_METRICS if any(k[1] == m for k in by)]
     env = data["environment"]
     lines = [README_BEGIN, "",
@@ -240,25 +256,34 @@ def render_readme(data: dict[str, Any], prompt_set: str = "tiny-eval") -> str:
         lines.append(f"| {method} | {base} | " + " | ".join(
             _ci(c["delta"], c["delta_ci_low"], c["delta_ci_high"]) if c and c["delta"] is not None
             else "-" for c in cells) + " |")
+    claims = [(c, p, [m for m in ms if (m, "colorfulness") in by]) for c, p, ms in README_CLAIMS]
+    claims = [(c, p, ms) for c, p, ms in claims if len(ms) >= 2]
+    if claims:
+        lines += ["", "The paper's ablation claims in miniature (Δ colourfulness of each row, same recipe "
+                      "otherwise):", "", "| claim | paper | tiny rows: Δ colourfulness |", "|---|---|---|"]
+        for claim, paper, ms in claims:
+            cells = "; ".join(f"`{m}` {by[(m, 'colorfulness')]['delta']:+.2f}" for m in ms)
+            lines.append(f"| {claim} | {paper} | {cells} |")
     bases = [m for m in methods if not any(by.get((m, k)) and by[(m, k)]["delta"] is not None
                                            for k, _ in README_METRICS)]
     base_metrics = [m for m in README_BASE_METRICS if any((b, m) in by for b in bases)]
     if bases and base_metrics:
-        lines += ["", "Base models (mean [95 % CI]):", "",
+        lines += ["", "Rows without a baseline: the base models and the LoRA-transfer rows (mean [95 % CI]):", "",
                   "| model | " + " | ".join(base_metrics) + " |", "|---|" + "---|" * len(base_metrics)]
         for b in bases:
             lines.append(f"| {b} | " + " | ".join(
                 f"{by[(b, m)]['mean']:.2f} [{by[(b, m)]['ci_low']:.2f}, {by[(b, m)]['ci_high']:.2f}]"
                 if (b, m) in by else "-" for m in base_metrics) + " |")
     for run, acc in data["spm_accuracy"].items():
-        ts = [r["t"] for r in acc]
-        lines += ["", f"SPM `{run}`: pairwise accuracy on held-out pairs by t "
-                      f"(untrained → trained; ceiling = the labels' own agreement with the clean preference):", "",
-                  "| t | " + " | ".join(f"{t:g}" for t in ts) + " |", "|---|" + "---|" * len(ts)]
-        for col, label in (("untrained", "untrained"), ("trained", "trained"), ("ceiling", "ceiling")):
-            if all(col in r for r in acc):
-                lines.append(f"| {label} | " + " | ".join(
-                    "-" if r[col] is None else f"{r[col]:.2f}" for r in acc) + " |")
+        stages = list(dict.fromkeys(r["stage"] for r in acc))
+        ts = list(dict.fromkeys(r["t"] for r in acc))
+        cell = {(r["stage"], r["t"]): r for r in acc}
+        lines += ["", f"SPM `{run}`: pairwise accuracy on held-out pairs of the base model by t "
+                      f"(ceiling: the preference itself applied to the x̂0 images):", "",
+                  "| | " + " | ".join(f"t = {t:g}" for t in ts) + " |", "|---|" + "---|" * len(ts)]
+        for stage in stages:
+            lines.append(f"| {stage} | " + " | ".join(f"{cell[(stage, t)]['accuracy']:.2f}" for t in ts) + " |")
+        lines.append("| ceiling | " + " | ".join(f"{cell[(stages[0], t)]['ceiling']:.2f}" for t in ts) + " |")
     return "\n".join(lines + ["", README_END])
 
 

@@ -81,12 +81,11 @@ def random_init_config(config):
                "figure2": ("figure2.tsv", 1), "figure11": ("figure11.tsv", 1),
                "geneval-tiny": ("geneval_tiny.tsv", 4)}
     for name, (file, per_prompt) in generic.items():
-        if name in config["prompt_sets"]:
-            spec = {**config["prompt_sets"][name], "source": {"path": f"data/prompts/{file}"}}
-            spec.pop("images_per_prompt", None)
-            if per_prompt:
-                spec["images_per_prompt"] = per_prompt
-            config["prompt_sets"][name] = spec
+        spec = {**config["prompt_sets"].get(name, {}), "source": {"path": f"data/prompts/{file}"}}
+        spec.pop("images_per_prompt", None)
+        if per_prompt:
+            spec["images_per_prompt"] = per_prompt
+        config["prompt_sets"][name] = spec
     for name in [m for m, spec in config["metrics"].items() if spec.get("scorer") == "adherence"]:
         del config["metrics"][name]
     if config.get("geneval"):

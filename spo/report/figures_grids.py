@@ -53,6 +53,8 @@ def prompt_grid(config: dict[str, Any], name: str, inputs: Sequence[str], out: s
     methods, prompt_set = list(spec["rows"]), spec["prompt_set"]
     check_methods(config, name, "rows", methods)
     prompts = prompt_order(config, prompt_set, root)
+    if spec.get("prompts"):  # a grid of the first N prompts of a larger set (the tiny profile's)
+        prompts = prompts.iloc[:int(spec["prompts"])]
     table = image_table(read_manifests(inputs), methods, prompts, prompt_set, name)
     columns = int(spec.get("columns") or len(prompts))
     cells, row_methods, index = _grid_cells(table, methods, len(prompts), columns)

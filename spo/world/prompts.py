@@ -3,8 +3,6 @@
     world_train.tsv     every training scene's caption (training prompts of SPO and the baselines,
                         the SPM's pair prompts)
     world_eval.tsv      every held-out combination's captions: the held-out evaluation prompts
-    world_figure2.tsv   4 held-out captions for the Figure 2 grid
-    world_figure11.tsv  20 held-out captions for the Figure 11 grid
     world_geneval.tsv   the held-out captions with GenEval-style ids (line index, 5 digits), and
     world_geneval/evaluation_metadata.jsonl   GenEval's metadata format, one line per prompt
 
@@ -28,14 +26,8 @@ def prompt_files(spec: WorldSpec) -> dict[str, str]:
         rows = ["prompt_id\tprompt"] + [f"{prefix}{i:0{width}d}\t{c}" for i, c in enumerate(captions)]
         return "\n".join(rows) + "\n"
 
-    # one caption per combination first, sizes alternating, so small sets span combinations and sizes
-    n = len(spec.sizes)
-    first = [held[n * i + i % n] for i in range(len(held) // n)]
-    spread = first + [c for c in held if c not in first]
     metadata = "".join(json.dumps({"tag": "world", "prompt": c, "include": []}) + "\n" for c in held)
     return {"world_train.tsv": tsv("train", train), "world_eval.tsv": tsv("eval", held),
-            "world_figure2.tsv": tsv("fig2_", spread[:4], 1),
-            "world_figure11.tsv": tsv("fig11_", spread[:20], 2),
             "world_geneval.tsv": tsv("", held, 5),
             "world_geneval/evaluation_metadata.jsonl": metadata}
 

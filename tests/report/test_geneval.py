@@ -175,14 +175,14 @@ def test_cli_writes_table3_with_the_not_run_message(tmp_path, monkeypatch):
     md = Path("results/tables/table3_geneval.md").read_text()
     assert "GenEval not run for tiny-sdxl-base: put results.jsonl at " \
            "results/geneval/tiny-sdxl-base/results.jsonl" in md
-    assert "24 prompts" in md and "images per prompt 4" in md
+    assert "24 prompts" in md and "images per prompt 2" in md
     csv = pd.read_csv("results/tables/table3_geneval.csv")
     assert list(csv.status) == ["missing", "missing"]
 
 
 @pytest.mark.workflow
 def test_tiny_dag_writes_the_layout_and_scores_it_with_the_world_detector(tiny_dag_local):
-    """The tiny DAG wrote each GenEval method's layout (the 24 held-out captions x 4 samples, at
+    """The tiny DAG wrote each GenEval method's layout (the 24 held-out captions x 2 samples, at
     Table 3's 50 steps), scored it with the tiny world's detector into GenEval's results.jsonl
     format (one line per image and attribute), and Table 3 imported it."""
     from spo.config import load_config
@@ -198,11 +198,11 @@ def test_tiny_dag_writes_the_layout_and_scores_it_with_the_world_detector(tiny_d
         assert [p.name for p in folders] == [f"{i:05d}" for i in range(24)]
         for folder in folders:
             assert json.loads((folder / "metadata.jsonl").read_text()) == meta[int(folder.name)]
-            assert len(list((folder / "samples").glob("[0-9][0-9][0-9][0-9].png"))) == 4
+            assert len(list((folder / "samples").glob("[0-9][0-9][0-9][0-9].png"))) == 2
         provenance = json.loads((layout / "provenance.json").read_text())
         assert provenance["resolved"]["num_inference_steps"] == 50
         results = g.read_results(work / g.results_path(method))
-        assert len(results) == 24 * 4 * len(ATTRIBUTES)
+        assert len(results) == 24 * 2 * len(ATTRIBUTES)
         assert set(results["tag"]) == set(ATTRIBUTES)
     table = pd.read_csv(work / "results/tables/table3_geneval.csv").set_index("method")
     assert set(table["status"]) == {"imported"}

@@ -16,7 +16,7 @@ def _data(delta=1.0, acc=0.8):
                  "baseline": "base", "delta": delta, "delta_ci_low": 0.5, "delta_ci_high": 1.5},
                 {"method": "base", "metric": "colorfulness", "mean": 29.0, "ci_low": 28.0, "ci_high": 30.0,
                  "baseline": None, "delta": None, "delta_ci_low": None, "delta_ci_high": None}]},
-            "spm_accuracy": {"spm": [{"run": "spm", "stage": "trained", "step": 300.0, "t": 0.0,
+            "spm_accuracy": {"spm": [{"run": "spm", "stage": "final", "step": 300.0, "t": 0.0,
                                       "accuracy": acc, "ceiling": 1.0, "pairs": 600.0}]}}
 
 
@@ -71,6 +71,7 @@ def test_readme_numbers_are_the_expected_results(repo_root):
 def test_render_shows_each_delta_with_its_ci():
     text = expected.render_readme(_data())
     assert "| spo | base | +1.00 [+0.50, +1.50] |" in text
+    assert "| final | 0.80 |" in text and "| ceiling | 1.00 |" in text
     assert text.startswith(expected.README_BEGIN) and text.endswith(expected.README_END)
 
 
