@@ -86,6 +86,9 @@ def test_a_changed_or_missing_file_is_named_with_its_hash_and_the_rebuild_comman
         local_root({"path": str(world / "sd15")}, None)
     assert expected in str(info.value) and str(unet) in str(info.value)
     local_root({"path": str(world / "sdxl")}, None)  # the other model is intact
+    dereferenced = tmp_path / "copied-without-links"
+    shutil.copytree(short_world / "release", dereferenced)  # follows the links: real folders
+    assert not (dereferenced / "sdxl" / "vae").is_symlink() and verify(dereferenced) == []
     shutil.rmtree(world / "pickscore")
     problems = verify(world, only="pickscore")
     assert problems and all("is missing" in p for p in problems)
