@@ -288,6 +288,9 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
         if scorer not in known:
             out.append(f"config key 'metrics.{name}' names scorer '{scorer}', which does not exist"
                        f"{_suggest(scorer, known)}; available: {', '.join(sorted(known))}")
+    from spo.tables import check_replicates
+
+    out += check_replicates(config)
     if config.get("world") is not None:
         out += _world_errors(config["world"])
     if config.get("figures"):  # issue 7: methods and prompt sets the figures name

@@ -71,7 +71,8 @@ def collect(results_root: str | Path, config: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a finished run under ``results_root`` (the ``results/`` folder)."""
     import pandas as pd
 
-    from spo.config import evaluated_methods, evaluated_prompt_sets
+    from spo.config import evaluated_prompt_sets
+    from spo.tables import table_method_order
     from spo.environment import lock_sha256
     from spo.io import _git_commit, stable_hash
 
@@ -89,7 +90,8 @@ def collect(results_root: str | Path, config: dict[str, Any]) -> dict[str, Any]:
                          "ci_low": _num(r.ci_low), "ci_high": _num(r.ci_high),
                          "baseline": r.baseline if isinstance(r.baseline, str) else None,
                          "delta": _num(r.delta), "delta_ci_low": _num(r.delta_ci_low),
-                         "delta_ci_high": _num(r.delta_ci_high)})
+                         "delta_ci_high": _num(r.delta_ci_high),
+                         "runs": int(getattr(r, "runs", 1))})
         tables[prompt_set] = sorted(rows, key=lambda r: (r["method"], r["metric"]))
     spm = {}
     for run in sorted(((config.get("spm") or {}).get("runs") or {})):
@@ -103,7 +105,7 @@ def collect(results_root: str | Path, config: dict[str, Any]) -> dict[str, Any]:
             "environment": {"lock_sha256": lock_sha256(), "cpu": cpu_family(),
                             "python": platform.python_version(), "locked_versions": _locked()},
             "config_hash": stable_hash(config), "git_commit": _git_commit(),
-            "method_order": evaluated_methods(config), "tables": tables, "spm_accuracy": spm}
+            "method_order": table_method_order(config), "tables": tables, "spm_accuracy": spm}
 
 
 def _locked() -> dict[str, str]:
@@ -178,9 +180,14 @@ def compare(expected: dict[str, Any], actual: dict[str, Any], *, exact: bool) ->
                     out.append(f"{prompt_set} {key[0]} {key[1]} {value}: expected {want:+.6g} "
                                f"[{row[low]:+.6g}, {row[high]:+.6g}], got {got[value]}")
     for run, rows in expected["spm_accuracy"].items():
-        have = {r["t"]: r for r in actual["spm_accuracy"].get(run, [])}
+        # A run validates at several points (stage "init" before training, "final" after): a row
+        # is one (stage, step, t), never t alone.
+        def key(r):
+            return (r.get("stage"), r.get("step"), r["t"])
+
+        have = {key(r): r for r in actual["spm_accuracy"].get(run, [])}
         for row in rows:
-            got = have.get(row["t"])
+            got = have.get(key(row))
             for col, want in row.items():
                 if col == "t" or not isinstance(want, float):
                     continue
@@ -188,7 +195,7 @@ def compare(expected: dict[str, Any], actual: dict[str, Any], *, exact: bool) ->
                 ok = (_same6(want, value) if exact
                       else _close(want, value, TOLERANCE["accuracy"]))
                 if not ok:
-                    out.append(f"spm {run} t={row['t']:g} {col}: expected {want:.6g}, got {value}")
+                    out.append(f"spm {run} {row.get('stage')} t={row['t']:g} {col}: expected {want:.6g}, got {value}")
     return out
 
 
@@ -245,7 +252,9 @@ def render_readme(data: dict[str, Any], prompt_set: str = "tiny-eval") -> str:
              f"`{(data.get('git_commit') or 'unknown')[:10]}`, environment `requirements.lock` "
              f"{(env.get('lock_sha256') or 'unlocked')[:12]}, {env['cpu'].get('model') or env['cpu']['machine']}. "
              f"Held-out prompts (`{prompt_set}`), paired difference to the base model, 95 % "
-             f"bootstrap CI over prompts.", "",
+             f"bootstrap CI over prompts; a pooled row averages independent runs of one recipe "
+             f"(other seeds, each run's row above it) and its CI, Student's t over the runs, counts "
+             f"their run-to-run variation as well as the prompts'.", "",
              "| method | baseline | " + " | ".join(label for _, label in metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]
     for method in methods:
@@ -253,7 +262,9 @@ def render_readme(data: dict[str, Any], prompt_set: str = "tiny-eval") -> str:
         if not any(c and c["delta"] is not None for c in cells):
             continue
         base = next(c["baseline"] for c in cells if c and c["baseline"])
-        lines.append(f"| {method} | {base} | " + " | ".join(
+        runs = max(c.get("runs", 1) for c in cells if c)
+        label = f"{method} (**{runs} runs pooled**)" if runs > 1 else method
+        lines.append(f"| {label} | {base} | " + " | ".join(
             _ci(c["delta"], c["delta_ci_low"], c["delta_ci_high"]) if c and c["delta"] is not None
             else "-" for c in cells) + " |")
     claims = [(c, p, [m for m in ms if (m, "colorfulness") in by]) for c, p, ms in README_CLAIMS]

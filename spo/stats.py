@@ -29,3 +29,60 @@ def paired_bootstrap_diff_ci(a: np.ndarray, b: np.ndarray, **kwargs) -> tuple[fl
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     low, high = bootstrap_mean_ci(diff, **kwargs)
     return float(diff.mean()), low, high
+
+
+def replicated_mean_ci(values: np.ndarray, *, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``values`` over independent runs and prompts, and a CI that counts both.
+
+    One training run moves a model in one direction of its own (a random preference included), and
+    every prompt then sees that same move: a CI over the prompts of one run does not see how much
+    the move varies from run to run. Here the runs are the replicates:
+
+        values[r, p]   run r's per-prompt value (a paired difference to the base, or a mean), R >= 2
+        d_r = mean_p values[r, p]        run means; their spread is the run-to-run variation
+        v_p = mean_r values[r, p]        prompt means; their spread is the prompt sampling variation
+        se^2 = var(d_r) / R + var(v_p) / P                 (sample variances, ddof 1)
+        CI = mean +- t(1 - (1 - confidence) / 2, R - 1) * se
+
+    The prompts are shared by the runs, so their sampling noise is common to every d_r and is added
+    once; Student's t with R - 1 degrees of freedom (the few runs) makes the interval conservative.
+
+    Args:
+        values: (R, P) float, R >= 2 runs, P >= 2 prompts, no NaN.
+        confidence: in (0, 1).
+    Returns:
+        (mean, low, high).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] < 2 or values.shape[1] < 2 or not np.isfinite(values).all():
+        raise ValueError(f"expected a finite (runs >= 2, prompts >= 2) array, got shape {values.shape}")
+    runs, prompts = values.shape
+    se = np.sqrt(values.mean(axis=1).var(ddof=1) / runs + values.mean(axis=0).var(ddof=1) / prompts)
+    half = student_t_quantile(1.0 - (1.0 - confidence) / 2.0, runs - 1) * se
+    mean = float(values.mean())
+    return mean, float(mean - half), float(mean + half)
+
+
+def student_t_quantile(q: float, dof: int) -> float:
+    """The q-quantile of Student's t with ``dof`` degrees of freedom, q in [0.5, 1) (no scipy here:
+    bisection on the CDF, whose density is integrated by Simpson's rule; error < 1e-6 for dof >= 1)."""
+    import math
+
+    if not 0.5 <= q < 1.0 or dof < 1:
+        raise ValueError(f"student_t_quantile needs 0.5 <= q < 1 and dof >= 1, got q={q}, dof={dof}")
+    log_norm = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+
+    def upper_mass(x: float) -> float:   # P(0 <= T <= x), by Simpson's rule on 2000 intervals
+        grid = np.linspace(0.0, x, 2001)
+        density = np.exp(log_norm - (dof + 1) / 2 * np.log1p(grid ** 2 / dof))
+        weights = np.ones(2001)
+        weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
+        return float(density @ weights) * (x / 2000) / 3
+
+    low, high = 0.0, 1.0
+    while upper_mass(high) < q - 0.5:    # t(0.9995, 1) is about 637: doubling finds it quickly
+        high *= 2.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if upper_mass(mid) < q - 0.5 else (low, mid)
+    return (low + high) / 2

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
-from spo.config import evaluated_methods, evaluated_prompt_sets
+from spo.config import evaluated_methods, evaluated_pairs, evaluated_prompt_sets
 from spo.io import write_text_atomic
-from spo.stats import bootstrap_mean_ci, paired_bootstrap_diff_ci
+from spo.stats import bootstrap_mean_ci, paired_bootstrap_diff_ci, replicated_mean_ci
 
 SUMMARY_COLUMNS = ["prompt_set", "method", "metric", "metric_version", "mean", "std", "n_images",
                    "n_prompts", "ci_low", "ci_high", "confidence"]
@@ -59,6 +60,82 @@ def baseline_deltas(scores: pd.DataFrame, baselines: dict[str, str], *, samples:
     return pd.DataFrame(rows, columns=["prompt_set", "method", "metric", *DELTA_COLUMNS])
 
 
+def replicate_rows(scores: pd.DataFrame, replicates: dict[str, Sequence[str]],
+                   baselines: dict[str, str], *, confidence: float) -> pd.DataFrame:
+    """One row per (prompt set, pooled name, metric): several runs of one recipe as replicates.
+
+    ``replicates`` maps a pooled row's name to the methods that are its independent runs (one
+    recipe, other seeds; ``tables.replicates`` in the config). Its ``mean`` and ``delta`` average
+    the runs over the prompts every run and the baseline share; their CIs count the run-to-run
+    variation as well as the prompts' (``spo.stats.replicated_mean_ci``), which a single run's
+    paired CI over prompts cannot. Returns ``SUMMARY_COLUMNS`` + ``DELTA_COLUMNS`` + ``runs``.
+    """
+    per_prompt = scores.groupby(["prompt_set", "method", "metric", "prompt_id"])["score"].mean()
+    have = set(per_prompt.index.droplevel(3))
+    rows = []
+    for name, members in replicates.items():
+        base = baselines.get(members[0])
+        for prompt_set, metric in sorted({(p, m) for p, _, m in have}):
+            if not all((prompt_set, m, metric) in have for m in members):
+                continue
+            runs = [per_prompt[(prompt_set, m, metric)] for m in members]
+            common = runs[0].index
+            for run in runs[1:]:
+                common = common.intersection(run.index)
+            paired = base is not None and (prompt_set, base, metric) in have
+            if paired:
+                common = common.intersection(per_prompt[(prompt_set, base, metric)].index)
+            values = np.stack([run[common].to_numpy() for run in runs])
+            mean, low, high = replicated_mean_ci(values, confidence=confidence)
+            member_scores = scores[(scores["prompt_set"] == prompt_set) & (scores["metric"] == metric)
+                                   & scores["method"].isin(members)]
+            row = {"prompt_set": prompt_set, "method": name, "metric": metric,
+                   "metric_version": member_scores["metric_version"].iloc[0], "mean": mean,
+                   "std": member_scores["score"].std(ddof=1), "n_images": len(member_scores),
+                   "n_prompts": len(common), "ci_low": low, "ci_high": high,
+                   "confidence": confidence, "runs": len(members)}
+            if paired:
+                theirs = per_prompt[(prompt_set, base, metric)][common].to_numpy()
+                delta, d_low, d_high = replicated_mean_ci(values - theirs, confidence=confidence)
+                row.update(baseline=base, delta=delta, delta_ci_low=d_low, delta_ci_high=d_high,
+                           n_paired_prompts=len(common))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, *DELTA_COLUMNS, "runs"])
+
+
+def check_replicates(config: dict[str, Any]) -> list[str]:
+    """``tables.replicates``: each pooled row names >= 2 scored methods with one baseline."""
+    out, methods = [], config["methods"]
+    scored = {m for m, _ in evaluated_pairs(config, scored=True)}
+    from spo.config import _suggest
+
+    for name, members in ((config.get("tables") or {}).get("replicates") or {}).items():
+        key = f"config key 'tables.replicates.{name}'"
+        if name in methods:
+            out.append(f"{key}: a pooled row needs a name of its own, '{name}' is a method")
+        for m in members:
+            if m not in methods:
+                out.append(f"{key} names '{m}', which is not under 'methods'{_suggest(m, methods)}")
+            elif m not in scored:
+                out.append(f"{key} names '{m}', which no 'evaluate' group scores: add it there")
+        bases = {methods[m].get("baseline") for m in members if m in methods}
+        if len(bases) > 1:
+            out.append(f"{key}: its runs must share one baseline, they have {sorted(map(str, bases))}")
+        if len(set(members)) != len(members):
+            out.append(f"{key} names a method twice: {members}")
+    return out
+
+
+def table_method_order(config: dict[str, Any]) -> list[str]:
+    """The evaluated methods in config order, each pooled row right after its last run."""
+    order = list(evaluated_methods(config))
+    for name, members in (config["tables"].get("replicates") or {}).items():
+        at = max(order.index(m) for m in members if m in order) if any(m in order for m in members) \
+            else len(order) - 1
+        order.insert(at + 1, name)
+    return order
+
+
 def to_markdown(summary: pd.DataFrame, title: str, method_order: Sequence[str] = ()) -> str:
     """One row per method; each cell 'mean [low, high]'; column names carry the metric version."""
     summary = summary.copy()
@@ -92,6 +169,13 @@ def to_markdown(summary: pd.DataFrame, title: str, method_order: Sequence[str] =
                   "|---|---|" + "---|" * len(wide.columns)]
         for method, row in wide.loc[[m for m in order if m in wide.index]].iterrows():
             lines.append(f"| {method} | {base[method]} | " + " | ".join(row.fillna("-")) + " |")
+    pooled = summary[summary.get("runs", pd.Series(1, index=summary.index)) > 1]
+    if not pooled.empty:
+        lines += ["", "Rows over several runs (" + ", ".join(
+            f"{m}: {int(r)} runs" for m, r in pooled.groupby("method")["runs"].first().items())
+            + "): the mean of independent runs of one recipe; their CIs count the run-to-run "
+              "variation as well as the prompts' (Student's t over the runs, "
+              "`spo.stats.replicated_mean_ci`). Each run's own row is above it."]
     return "\n".join(lines) + "\n"
 
 
@@ -106,6 +190,11 @@ def build_tables(config: dict[str, Any], score_files: Sequence[str | Path],
     deltas = baseline_deltas(scores, baselines, samples=opts["bootstrap_samples"],
                              confidence=opts["confidence"], seed=opts["seed"])
     summary = summary.merge(deltas, on=["prompt_set", "method", "metric"], how="left")
+    summary = summary.assign(runs=1)
+    replicates = opts.get("replicates") or {}
+    if replicates:
+        pooled = replicate_rows(scores, replicates, baselines, confidence=opts["confidence"])
+        summary = pd.concat([summary, pooled], ignore_index=True)
     from spo.environment import short_lock_hash
 
     summary = summary.assign(environment_lock=short_lock_hash())
@@ -120,6 +209,6 @@ def build_tables(config: dict[str, Any], score_files: Sequence[str | Path],
         label = config["prompt_sets"][prompt_set].get("label", prompt_set)
         write_text_atomic(Path(out_dir) / f"{prompt_set}.md",
                           to_markdown(part, f"{label} ({config['profile']} profile)",
-                                      evaluated_methods(config)))
+                                      table_method_order(config)))
         out[prompt_set] = part
     return out

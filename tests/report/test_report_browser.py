@@ -41,6 +41,12 @@ def chromium_executable() -> str | None:
     return None
 
 
+# The <img> that shows result `path` (JS expression). The report has small icons of its own, also
+# data: URIs, so "the first data: image" may be one of them: match the result's exact source.
+SHOWN_IMAGE = ("[...document.querySelectorAll('#app img')]"
+               ".find(i => i.getAttribute('src') === results[path].data_uri)")
+
+
 @pytest.fixture(scope="module")
 def report(tiny_dag_local) -> Path:
     """results/report.html of the tiny DAG's run, and how long Snakemake took to write it."""
@@ -165,10 +171,10 @@ def test_report_opens_in_headless_chromium(report, tmp_path_factory):
             page.evaluate("""path => app.setView({content: "img", contentPath: results[path].data_uri,
                                                   resultPath: path})""", path)
             size = page.wait_for_function(
-                """() => { const img = document.querySelector('#app img[src^="data:"]');
-                           return img && img.complete && img.naturalWidth > 0
-                                  ? [img.naturalWidth, img.naturalHeight] : null; }""",
-                timeout=10_000).json_value()
+                f"""path => {{ const img = {SHOWN_IMAGE};
+                              return img && img.complete && img.naturalWidth > 0
+                                     ? [img.naturalWidth, img.naturalHeight] : null; }}""",
+                arg=path, timeout=10_000).json_value()
             assert size[0] > 0 and size[1] > 0, path
         # ...and every figure the DAG wrote under results/figures/ is among them.
         figures = expected_figures(work)
@@ -181,7 +187,11 @@ def test_report_opens_in_headless_chromium(report, tmp_path_factory):
         grid = next(p for p in images if p.endswith("figures/figure2.png"))
         page.evaluate("""path => app.setView({content: "img", contentPath: results[path].data_uri,
                                               resultPath: path})""", grid)
-        element = page.wait_for_selector('#app img[src^="data:"]', timeout=10_000)
+        page.wait_for_function(f"""path => {{ const img = {SHOWN_IMAGE};
+                                             if (img && img.complete) img.id = "figure-under-test";
+                                             return img && img.complete; }}""",
+                               arg=grid, timeout=10_000)
+        element = page.wait_for_selector("#figure-under-test", timeout=10_000)
         shot = shot_dir / "figure2-rendered.png"
         element.screenshot(path=str(shot))
         import numpy as np

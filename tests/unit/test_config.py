@@ -128,13 +128,13 @@ def test_ablation_variants_are_small_diffs(repo_root):
 
 def test_bad_train_block_is_named_at_dag_start(tiny_config):
     tiny_config["methods"]["tiny-sd15-spo"]["train"]["k"] = 1
-    tiny_config["methods"]["tiny-sd15-spo-random"]["train"]["prompts"] = "tiny-trian"
+    tiny_config["methods"]["tiny-sd15-spo-random-s1"]["train"]["prompts"] = "tiny-trian"
     tiny_config["methods"]["tiny-sd15-spo-negated"]["train"]["preference"] = {"name": "spn"}
     with pytest.raises(ConfigError) as err:
         validate_config(tiny_config)
     msg = str(err.value)
     assert "methods.tiny-sd15-spo.train.k" in msg
-    assert "methods.tiny-sd15-spo-random.train.prompts" in msg and "did you mean 'tiny-train'" in msg
+    assert "methods.tiny-sd15-spo-random-s1.train.prompts" in msg and "did you mean 'tiny-train'" in msg
     assert "methods.tiny-sd15-spo-negated.train.preference.name" in msg
 
 
@@ -155,8 +155,13 @@ def test_tiny_controls_differ_from_their_method_only_in_the_preference(repo_root
     methods = config["methods"]
     recipe = dict(methods[f"tiny-{family}-{trained}-colorfulness"]["train"])
     assert recipe["preference"] == {"name": "colorfulness"}
-    for control, preference in (("negated", {"name": "neg-colorfulness"}),
-                                ("random", {"name": "random", "seed": 0})):
+    controls = [("negated", {"name": "neg-colorfulness"}, recipe["seed"])]
+    # the random control: independent runs (preference and training seed s), pooled in the tables
+    controls += [(f"random-s{s}", {"name": "random", "seed": s}, s) for s in range(3)]
+    for control, preference, seed in controls:
         train = dict(methods[f"tiny-{family}-{trained}-{control}"]["train"])
         assert train.pop("preference") == preference
-        assert train == {k: v for k, v in recipe.items() if k != "preference"}, control
+        assert train.pop("seed") == seed
+        assert train == {k: v for k, v in recipe.items() if k not in ("preference", "seed")}, control
+    assert config["tables"]["replicates"][f"tiny-{family}-{trained}-random"] == [
+        f"tiny-{family}-{trained}-random-s{s}" for s in range(3)]

@@ -35,7 +35,20 @@ def test_a_drifted_number_is_named_with_what_moved():
 def test_spm_accuracy_is_compared():
     assert expected.compare(_data(acc=0.8), _data(acc=0.84), exact=False) == []
     out = expected.compare(_data(acc=0.8), _data(acc=0.9), exact=False)
-    assert out and "spm spm t=0 accuracy: expected 0.8, got 0.9" in out[0]
+    assert out and "spm spm final t=0 accuracy: expected 0.8, got 0.9" in out[0]
+
+
+def test_spm_rows_of_each_stage_are_compared_with_their_own_stage():
+    """A run validates before ("init") and after ("final") training at the same t: each row is
+    matched on (stage, step, t), never on t alone (which once compared init with final)."""
+    data = _data(acc=0.8)
+    init = dict(data["spm_accuracy"]["spm"][0], stage="init", step=0.0, accuracy=0.7)
+    data["spm_accuracy"]["spm"].insert(0, init)
+    assert expected.compare(data, copy.deepcopy(data), exact=True) == []
+    moved = copy.deepcopy(data)
+    moved["spm_accuracy"]["spm"][0]["accuracy"] = 0.71
+    assert expected.compare(data, moved, exact=True) == [
+        "spm spm init t=0 accuracy: expected 0.7, got 0.71"]
 
 
 def test_a_missing_row_is_a_difference():

@@ -74,3 +74,73 @@ def test_summary_resamples_prompts_not_images():
     assert 2.0 <= row.ci_low <= row.ci_high <= 5.0
     md = to_markdown(summarise(scores, samples=100, confidence=0.95, seed=0), "T")
     assert "| m | 6 | 3.5 [" in md and "c (v1)" in md
+
+
+def test_student_t_quantiles_match_the_tables():
+    from spo.stats import student_t_quantile
+
+    # Printed tables (e.g. NIST/SEMATECH e-Handbook, Table 1.3.6.7.2), two-sided 95 % and 90 %.
+    for q, dof, want in [(0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 5, 2.571),
+                         (0.975, 30, 2.042), (0.95, 3, 2.353), (0.995, 10, 3.169)]:
+        assert student_t_quantile(q, dof) == pytest.approx(want, abs=1e-3)
+    with pytest.raises(ValueError, match="dof"):
+        student_t_quantile(0.975, 0)
+
+
+def test_replicated_ci_by_hand():
+    from spo.stats import replicated_mean_ci
+
+    # 3 runs x 4 prompts. Run means 1, 2, 3 (variance 1); prompt means 1.5, 2.5, 1.5, 2.5
+    # (variance 1/3). se^2 = 1/3 + (1/3)/4 = 5/12; t(0.975, 2) = 4.3027.
+    values = np.array([[0.5, 1.5, 0.5, 1.5], [1.5, 2.5, 1.5, 2.5], [2.5, 3.5, 2.5, 3.5]])
+    mean, low, high = replicated_mean_ci(values)
+    half = 4.302653 * np.sqrt(5 / 12)
+    assert mean == pytest.approx(2.0)
+    assert (low, high) == (pytest.approx(2.0 - half, abs=1e-5), pytest.approx(2.0 + half, abs=1e-5))
+    # Runs that agree: only the prompts' spread is left.
+    same = np.tile(values[1], (3, 1))
+    assert replicated_mean_ci(same)[2] - 2.0 == pytest.approx(4.302653 * np.sqrt((1 / 3) / 4), abs=1e-5)
+    with pytest.raises(ValueError, match="runs >= 2"):
+        replicated_mean_ci(values[:1])
+
+
+def test_a_consistent_drift_over_runs_is_not_hidden_by_pooling():
+    """Three runs that each move by about +1 stay significant pooled; three runs that move in
+    different directions (one of them significantly on its own prompts) do not."""
+    from spo.tables import replicate_rows
+
+    rng = np.random.default_rng(0)
+    prompts = [f"p{i}" for i in range(24)]
+    base = rng.normal(50, 10, size=24)
+
+    def frame(shifts):
+        rows = [{"prompt_set": "s", "method": "base", "metric": "c", "metric_version": "v",
+                 "prompt_id": p, "score": b} for p, b in zip(prompts, base)]
+        for r, shift in enumerate(shifts):
+            noise = rng.normal(0, 0.3, size=24)
+            rows += [{"prompt_set": "s", "method": f"run{r}", "metric": "c", "metric_version": "v",
+                      "prompt_id": p, "score": b + shift + e} for p, b, e in zip(prompts, base, noise)]
+        return pd.DataFrame(rows)
+
+    baselines = {f"run{r}": "base" for r in range(3)}
+    replicates = {"pooled": ["run0", "run1", "run2"]}
+    drift = replicate_rows(frame([1.0, 1.1, 0.9]), replicates, baselines, confidence=0.95).iloc[0]
+    assert drift.delta_ci_low > 0 and drift.runs == 3 and drift.n_paired_prompts == 24
+    assert drift.n_images == 72 and drift.baseline == "base"
+    scatter = replicate_rows(frame([0.9, -0.6, 0.1]), replicates, baselines, confidence=0.95).iloc[0]
+    assert scatter.delta_ci_low < 0 < scatter.delta_ci_high
+    assert scatter.delta == pytest.approx(scatter["mean"] - base.mean(), abs=1e-9)
+
+
+def test_replicates_in_the_config_are_checked(tiny_config):
+    from spo.config import ConfigError, validate_config
+
+    tiny_config["tables"]["replicates"] = {
+        "tiny-sd15-spo": ["tiny-sd15-spo-random-s0", "tiny-sd15-spo-random-s1"],   # a method's name
+        "pooled": ["tiny-sd15-spo-random-s0", "tiny-sd15-spo-randon-s1", "tiny-sdxl-mspo-random-s0"]}
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_config)
+    msg = str(err.value)
+    assert "tables.replicates.tiny-sd15-spo': a pooled row needs a name of its own" in msg
+    assert "'tiny-sd15-spo-randon-s1', which is not under 'methods'" in msg and "did you mean" in msg
+    assert "must share one baseline" in msg

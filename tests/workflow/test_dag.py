@@ -81,7 +81,8 @@ def test_tiny_dag_produces_every_table(tiny_run, checkout, config):
         assert not list((checkout / "results/scores").rglob(f"{prompt_set}/*.parquet"))
     for prompt_set in {p for _, p in pairs}:
         table = pd.read_csv(checkout / f"results/tables/{prompt_set}.csv")
-        assert set(table.method) == {m for m, p in pairs if p == prompt_set}
+        pooled = set((config["tables"].get("replicates") or {}))
+        assert set(table.method) == {m for m, p in pairs if p == prompt_set} | pooled
         assert set(table.metric) == set(config["metrics"])
         assert (table.ci_low <= table["mean"]).all() and (table["mean"] <= table.ci_high).all()
         assert (checkout / f"results/tables/{prompt_set}.md").read_text().startswith("# ")
@@ -97,10 +98,14 @@ def _delta(checkout, method, metric="colorfulness", prompt_set="tiny-eval"):
 
 
 def _controls(checkout, family, trained):
+    """(analytic, negated, random) deltas; the random control pools its independent runs
+    (tables.replicates), whose CI counts the run-to-run variation; each run is printed too."""
     up = _delta(checkout, f"tiny-{family}-{trained}-colorfulness")
     down = _delta(checkout, f"tiny-{family}-{trained}-negated")
     null = _delta(checkout, f"tiny-{family}-{trained}-random")
-    print(f"{family} {trained}: analytic {up}, negated {down}, random {null}")
+    runs = [_delta(checkout, f"tiny-{family}-{trained}-random-s{s}") for s in range(3)]
+    print(f"{family} {trained}: analytic {up}, negated {down}, random (3 runs pooled) {null}, "
+          f"each run {runs}")
     return up, down, null
 
 

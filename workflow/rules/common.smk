@@ -32,7 +32,7 @@ except ConfigError as exc:
 from spo.environment import check_install, mismatch_message
 
 if not workflow.remote_exec and check_install():
-    logger.warning("WARNING: " + mismatch_message(check_install()))
+    logger.warning(f"WARNING: {mismatch_message(check_install())}")
 
 RESOLVED_CONFIG = f"results/config/{stable_hash(CONFIG)}.yaml"
 
@@ -269,3 +269,16 @@ def tables_fingerprint(wildcards):
 
 def tables_dir(wildcards, output):
     return str(Path(output[0]).parent)
+
+
+# The tiny world's pretraining (workflow/rules/pretrain.smk).
+PRETRAIN_ROOT = "results/tiny-world"
+
+
+def pretrain_fingerprint(wildcards=None):
+    return stable_hash(CONFIG.get("world") or {})
+
+
+def pretrain_checkpoints(wildcards):
+    # one folder per recipe: a changed `world` block starts afresh instead of resuming stale state
+    return f"results/checkpoints/tiny-world/{pretrain_fingerprint()}/{wildcards.part}"

@@ -3,20 +3,10 @@
 # every part into results/tiny-world/parts/, assembles results/tiny-world/release/ with its
 # manifest, and writes results/tiny-world/reproduction.json: whether the build reproduces the shipped
 # files' sha256 hashes. Parts that do not depend on each other run in parallel (2 cores: ~45 min).
-PRETRAIN_ROOT = "results/tiny-world"
 # clip-b waits for clip-a although it does not read it: on 2 cores the VAE (the longest first
 # part) then starts at once, beside clip-a, instead of after whichever CLIP finishes first.
 PRETRAIN_NEEDS = {"vae": [], "clip-a": [], "clip-b": ["clip-a"], "pickscore": ["clip-b"],
                   "sd15": ["vae", "clip-a"], "sdxl": ["vae", "clip-a", "clip-b"]}
-
-
-def pretrain_fingerprint(wildcards=None):
-    return stable_hash(CONFIG.get("world") or {})
-
-
-def pretrain_checkpoints(wildcards):
-    # one folder per recipe: a changed `world` block starts afresh instead of resuming stale state
-    return f"results/checkpoints/tiny-world/{pretrain_fingerprint()}/{wildcards.part}"
 
 
 rule pretrain_tiny_part:
@@ -29,6 +19,7 @@ rule pretrain_tiny_part:
     params:
         fingerprint=pretrain_fingerprint,
         checkpoints=pretrain_checkpoints,
+        parts=lambda wildcards, output: Path(output[0]).parent,
     log:
         "results/logs/pretrain_tiny/{part}.log",
     benchmark:
@@ -38,7 +29,7 @@ rule pretrain_tiny_part:
         **job_resources("pretrain_tiny"),
     shell:
         "{PYTHON} -m spo pretrain-tiny --config {RESOLVED_CONFIG} --part {wildcards.part}"
-        " --parts {PRETRAIN_ROOT}/parts --checkpoints {params.checkpoints} --threads {threads}"
+        " --parts {params.parts} --checkpoints {params.checkpoints} --threads {threads}"
         " --out {output} > {log} 2>&1"
 
 
@@ -50,6 +41,7 @@ rule pretrain_tiny:
         report=f"{PRETRAIN_ROOT}/reproduction.json",
     params:
         fingerprint=pretrain_fingerprint,
+        parts=lambda wildcards, input: Path(input[0]).parent,
     log:
         "results/logs/pretrain_tiny/release.log",
     benchmark:
@@ -57,4 +49,4 @@ rule pretrain_tiny:
     localrule: True
     shell:
         "{PYTHON} -m spo pretrain-tiny --config {RESOLVED_CONFIG} --part release"
-        " --parts {PRETRAIN_ROOT}/parts --out {output.release} > {log} 2>&1"
+        " --parts {params.parts} --out {output.release} > {log} 2>&1"
