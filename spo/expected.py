@@ -253,7 +253,7 @@ def render_readme(data: dict[str, Any], prompt_set: str = "tiny-eval") -> str:
              f"{(env.get('lock_sha256') or 'unlocked')[:12]}, {env['cpu'].get('model') or env['cpu']['machine']}. "
              f"Held-out prompts (`{prompt_set}`), paired difference to the base model, 95 % "
              f"bootstrap CI over prompts; a pooled row averages independent runs of one recipe "
-             f"(other seeds, each run's row above it) and its CI, Student's t over the runs, counts "
+             f"(other seeds, each run's row above it) and its CI (Student's t, Welch-Satterthwaite) counts "
              f"their run-to-run variation as well as the prompts'.", "",
              "| method | baseline | " + " | ".join(label for _, label in metrics) + " |",
              "|---|---|" + "---|" * len(metrics)]

@@ -39,13 +39,15 @@ def replicated_mean_ci(values: np.ndarray, *, confidence: float = 0.95) -> tuple
     the move varies from run to run. Here the runs are the replicates:
 
         values[r, p]   run r's per-prompt value (a paired difference to the base, or a mean), R >= 2
-        d_r = mean_p values[r, p]        run means; their spread is the run-to-run variation
-        v_p = mean_r values[r, p]        prompt means; their spread is the prompt sampling variation
-        se^2 = var(d_r) / R + var(v_p) / P                 (sample variances, ddof 1)
-        CI = mean +- t(1 - (1 - confidence) / 2, R - 1) * se
+        a = var_r(mean_p values[r, p]) / R     run-to-run variation of the mean
+        b = var_p(mean_r values[r, p]) / P     prompt sampling variation (the runs share the prompts,
+                                               so it is common to every run and counted once)
+        se^2 = a + b                           (sample variances, ddof 1)
+        CI = mean +- t(1 - (1 - confidence) / 2, dof) * se,
+        dof = se^4 / (a^2 / (R - 1) + b^2 / (P - 1))      (Welch-Satterthwaite)
 
-    The prompts are shared by the runs, so their sampling noise is common to every d_r and is added
-    once; Student's t with R - 1 degrees of freedom (the few runs) makes the interval conservative.
+    With few runs and a run-to-run spread that dominates, dof is close to R - 1 and the interval is
+    wide, as it should be; where the prompts dominate (a mean score), dof is close to P - 1.
 
     Args:
         values: (R, P) float, R >= 2 runs, P >= 2 prompts, no NaN.
@@ -57,18 +59,23 @@ def replicated_mean_ci(values: np.ndarray, *, confidence: float = 0.95) -> tuple
     if values.ndim != 2 or values.shape[0] < 2 or values.shape[1] < 2 or not np.isfinite(values).all():
         raise ValueError(f"expected a finite (runs >= 2, prompts >= 2) array, got shape {values.shape}")
     runs, prompts = values.shape
-    se = np.sqrt(values.mean(axis=1).var(ddof=1) / runs + values.mean(axis=0).var(ddof=1) / prompts)
-    half = student_t_quantile(1.0 - (1.0 - confidence) / 2.0, runs - 1) * se
+    a = values.mean(axis=1).var(ddof=1) / runs
+    b = values.mean(axis=0).var(ddof=1) / prompts
     mean = float(values.mean())
+    if a + b == 0.0:
+        return mean, mean, mean
+    dof = (a + b) ** 2 / (a ** 2 / (runs - 1) + b ** 2 / (prompts - 1))
+    half = student_t_quantile(1.0 - (1.0 - confidence) / 2.0, dof) * np.sqrt(a + b)
     return mean, float(mean - half), float(mean + half)
 
 
-def student_t_quantile(q: float, dof: int) -> float:
-    """The q-quantile of Student's t with ``dof`` degrees of freedom, q in [0.5, 1) (no scipy here:
-    bisection on the CDF, whose density is integrated by Simpson's rule; error < 1e-6 for dof >= 1)."""
+def student_t_quantile(q: float, dof: float) -> float:
+    """The q-quantile of Student's t with ``dof`` >= 1 degrees of freedom (real, as Welch-Satterthwaite
+    gives them), q in [0.5, 1). No scipy here: bisection on the CDF, whose density is integrated by
+    Simpson's rule; error < 1e-6 for dof >= 1."""
     import math
 
-    if not 0.5 <= q < 1.0 or dof < 1:
+    if not 0.5 <= q < 1.0 or not dof >= 1.0:
         raise ValueError(f"student_t_quantile needs 0.5 <= q < 1 and dof >= 1, got q={q}, dof={dof}")
     log_norm = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
 

@@ -174,8 +174,8 @@ def to_markdown(summary: pd.DataFrame, title: str, method_order: Sequence[str] =
         lines += ["", "Rows over several runs (" + ", ".join(
             f"{m}: {int(r)} runs" for m, r in pooled.groupby("method")["runs"].first().items())
             + "): the mean of independent runs of one recipe; their CIs count the run-to-run "
-              "variation as well as the prompts' (Student's t over the runs, "
-              "`spo.stats.replicated_mean_ci`). Each run's own row is above it."]
+              "variation as well as the prompts' (Student's t with "
+              "Welch-Satterthwaite degrees of freedom, `spo.stats.replicated_mean_ci`). Each run's own row is above it."]
     return "\n".join(lines) + "\n"
 
 

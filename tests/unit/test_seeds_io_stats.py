@@ -83,23 +83,29 @@ def test_student_t_quantiles_match_the_tables():
     for q, dof, want in [(0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 5, 2.571),
                          (0.975, 30, 2.042), (0.95, 3, 2.353), (0.995, 10, 3.169)]:
         assert student_t_quantile(q, dof) == pytest.approx(want, abs=1e-3)
+    assert 2.571 < student_t_quantile(0.975, 4.5) < 2.776   # between dof 5 and 4
     with pytest.raises(ValueError, match="dof"):
-        student_t_quantile(0.975, 0)
+        student_t_quantile(0.975, 0.5)
 
 
 def test_replicated_ci_by_hand():
     from spo.stats import replicated_mean_ci
 
-    # 3 runs x 4 prompts. Run means 1, 2, 3 (variance 1); prompt means 1.5, 2.5, 1.5, 2.5
-    # (variance 1/3). se^2 = 1/3 + (1/3)/4 = 5/12; t(0.975, 2) = 4.3027.
+    # 3 runs x 4 prompts. Run means 1, 2, 3: a = var / R = 1 / 3; prompt means 1.5, 2.5, 1.5, 2.5:
+    # b = (1 / 3) / 4 = 1 / 12. se^2 = 5 / 12; Welch-Satterthwaite dof = (5/12)^2 / ((1/3)^2 / 2 +
+    # (1/12)^2 / 3) = 3 exactly; t(0.975, 3) = 3.182446.
     values = np.array([[0.5, 1.5, 0.5, 1.5], [1.5, 2.5, 1.5, 2.5], [2.5, 3.5, 2.5, 3.5]])
     mean, low, high = replicated_mean_ci(values)
-    half = 4.302653 * np.sqrt(5 / 12)
+    half = 3.182446 * np.sqrt(5 / 12)
     assert mean == pytest.approx(2.0)
     assert (low, high) == (pytest.approx(2.0 - half, abs=1e-5), pytest.approx(2.0 + half, abs=1e-5))
-    # Runs that agree: only the prompts' spread is left.
+    # Runs that agree: only the prompts' spread is left (a = 0, dof = P - 1 = 3).
     same = np.tile(values[1], (3, 1))
-    assert replicated_mean_ci(same)[2] - 2.0 == pytest.approx(4.302653 * np.sqrt((1 / 3) / 4), abs=1e-5)
+    assert replicated_mean_ci(same)[2] - 2.0 == pytest.approx(3.182446 * np.sqrt((1 / 3) / 4), abs=1e-5)
+    # Runs that differ by a constant on every prompt: only the runs' spread (dof = R - 1 = 2).
+    shifted = np.array([[1.0] * 4, [2.0] * 4, [3.0] * 4])
+    assert replicated_mean_ci(shifted)[2] - 2.0 == pytest.approx(4.302653 * np.sqrt(1 / 3), abs=1e-5)
+    assert replicated_mean_ci(np.ones((3, 4))) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="runs >= 2"):
         replicated_mean_ci(values[:1])
 
