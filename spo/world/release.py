@@ -45,6 +45,7 @@ def release(spec: WorldSpec, ps: PretrainSettings, parts_root: str | Path, out_d
         skip = shutil.ignore_patterns("pretrain.json", "half-way", ".snakemake*")
         for part in ("sd15", "sdxl", "pickscore"):
             shutil.copytree(parts_root / part, tmp / part, ignore=skip)
+        write_fresh_tokenizers(tmp)
         # the SDXL UNet half-way through its training (fp16): the LoRA-transfer figure's second model
         shutil.copytree(parts_root / "sdxl" / "half-way", tmp / "sdxl-half-way", ignore=skip)
         # The VAE and the first text encoder are the same weights in both pipelines (trained once,
@@ -61,6 +62,33 @@ def release(spec: WorldSpec, ps: PretrainSettings, parts_root: str | Path, out_d
     report = compare_with_shipped(manifest, shipped_root)
     write_json_atomic(out_dir.parent / "reproduction.json", report)
     return report
+
+
+# Every tokenizer folder of the release and the pad token of its tokenizer (SDXL's second text
+# tower pads with "!", as the real one does).
+TOKENIZER_FOLDERS = {"sd15/tokenizer": "<|endoftext|>", "sdxl/tokenizer": "<|endoftext|>",
+                     "sdxl/tokenizer_2": "!", "pickscore/processor": "<|endoftext|>"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json")
+
+
+def write_fresh_tokenizers(root: Path) -> None:
+    """Write every tokenizer of the release from a freshly built one that was never called.
+
+    A tokenizer saved after use records its last call: tokenizer.json's "padding" / "truncation"
+    and padding keys in tokenizer_config.json (and from_pretrained's arguments). A part trained in
+    one process and a part resumed from its checkpoint (nothing called) would therefore ship
+    different files for the same tokenizer; measured: a from-scratch rebuild reproduced every
+    weight file's sha256 and differed in two tokenizer files. Every call site passes its padding
+    and truncation explicitly, so ids are unchanged (tests/world/test_pretrain.py).
+    """
+    from spo.world.pretrain import tokenizer
+
+    for folder, pad_token in TOKENIZER_FOLDERS.items():
+        target = root / folder
+        for name in TOKENIZER_FILES:
+            (target / name).unlink(missing_ok=True)
+        tokenizer(pad_token=pad_token).save_pretrained(str(target))
 
 
 def _plain(value):

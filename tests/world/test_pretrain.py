@@ -151,3 +151,37 @@ def test_the_shipped_world_matches_its_manifest(repo_root):
     total = sum(entry["bytes"] for entry in manifest["files"].values())
     assert total <= 40 * 2**20, f"the shipped world is {total / 2**20:.1f} MiB, over the 40 MB budget"
     assert all(name.endswith((".json", ".safetensors", ".txt")) for name in manifest["files"])
+
+
+def test_release_tokenizers_do_not_depend_on_their_history(short_world, tmp_path):
+    """A tokenizer saved after a call records that call's padding; the release writes every
+    tokenizer fresh, so a part that trained here and one resumed from its checkpoint ship the same
+    files, and the ids of every call the project makes are those of the tokenizer before."""
+    from transformers import CLIPTokenizer
+
+    from spo.world.pretrain import tokenizer
+    from spo.world.grammar import WorldSpec
+    from spo.world.release import TOKENIZER_FOLDERS, write_fresh_tokenizers
+
+    release = short_world / "release"
+    used = tokenizer()
+    captions = [s.caption for s in WorldSpec().scenes(held_out=False)]
+    used(captions[:3], padding=True, return_tensors="pt")
+    used.save_pretrained(str(tmp_path / "used"))
+    assert json.loads((tmp_path / "used" / "tokenizer.json").read_text())["padding"] is not None
+    for folder in TOKENIZER_FOLDERS:   # a release whose tokenizers carry a call's state
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(tmp_path / "used" / name, release / folder / name)
+    copy = tmp_path / "again"
+    shutil.copytree(release, copy, symlinks=True)
+    write_fresh_tokenizers(release)
+    write_fresh_tokenizers(copy)
+    for folder in TOKENIZER_FOLDERS:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            assert (release / folder / name).read_bytes() == (copy / folder / name).read_bytes()
+        assert json.loads((release / folder / "tokenizer.json").read_text())["padding"] is None
+    fresh = CLIPTokenizer.from_pretrained(str(release / "sd15" / "tokenizer"))
+    before = CLIPTokenizer.from_pretrained(str(tmp_path / "used"))
+    for kwargs in ({"padding": "max_length", "max_length": fresh.model_max_length, "truncation": True},
+                   {"padding": True}, {}):
+        assert fresh(captions, **kwargs).input_ids == before(captions, **kwargs).input_ids, kwargs
