@@ -98,6 +98,7 @@ def slurm_checkout(tmp_path):
     for block in ("figures", "geneval"):  # they name trained methods; the tables stay
         config.pop(block, None)
     config["methods"] = {k: v for k, v in config["methods"].items() if k in SLURM_METHODS}
+    config["tables"].pop("replicates", None)  # pooled rows of trained runs, not trained here
     config["evaluate"] = [{"methods": list(SLURM_METHODS), "prompt_sets": SLURM_PROMPT_SETS},
                           {"methods": list(SLURM_METHODS), "prompt_sets": SLURM_IMAGE_SETS,
                            "score": False}]
