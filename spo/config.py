@@ -11,13 +11,15 @@ the fix, for example::
 from __future__ import annotations
 
 import copy
-import difflib
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+
+from spo.config_messages import schema_error_message
+from spo.config_messages import suggest as _suggest
 
 
 class ConfigError(ValueError):
@@ -181,75 +183,13 @@ def load_config(paths: Iterable[str | Path], root: str | Path = ".") -> dict[str
     return merged
 
 
-def _key_path(parts: Iterable[Any]) -> str:
-    return ".".join(str(p) for p in parts) or "<top level>"
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _at(config: Any, path: list) -> Any:
-    for key in path:
-        config = config[key] if isinstance(config, (dict, list)) else None
-    return config
-
-
-def _unpinned_message(where: str, hub_id: str, revision: str | None) -> str:
-    """A hub model or checkpoint without a pinned commit: name the key, the id and the fix."""
-    got = "no `revision:`" if revision is None else f"revision {revision!r}, not a full commit hash"
-    return (f"config key '{where}' names hub id '{hub_id}' with {got}; a branch or tag can move and "
-            f"silently change the row. Pin it: add `revision: <40-hex commit>` (look it up with "
-            f"`python -c \"import huggingface_hub as h; print(h.model_info('{hub_id}').sha)\"` or on "
-            f"the repository's 'Files and versions' page), or set `path:` to a local copy instead")
-
-
-def _schema_error_message(error, config: Any = None) -> str:
-    """Turn one jsonschema ValidationError into a message that names the key and the fix."""
-    where = _key_path(error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        messages = []
-        for key in extra:
-            full = f"{where}.{key}" if error.absolute_path else key
-            hint = _suggest(key, allowed)
-            messages.append(
-                f"config key '{full}' is not allowed{hint}; allowed keys here: {', '.join(allowed)}"
-            )
-        return "; ".join(messages)
-    if error.validator == "required":
-        return f"config key '{where}' is missing a required entry: {error.message}"
-    if error.validator == "enum":
-        return (f"config key '{where}' has value {error.instance!r}; allowed values: "
-                f"{', '.join(map(repr, error.validator_value))}")
-    if error.validator == "pattern" and error.absolute_path and error.absolute_path[-1] == "revision":
-        source = _at(config, list(error.absolute_path)[:-1])
-        return _unpinned_message(where.rsplit(".", 1)[0], (source or {}).get("id", "?"), error.instance)
-    if error.validator == "oneOf":
-        got = sorted(error.instance) if isinstance(error.instance, dict) else error.instance
-        if (isinstance(error.instance, dict) and "id" in error.instance
-                and "revision" not in error.instance and not {"path", "tiny"} & set(error.instance)):
-            return _unpinned_message(where, error.instance["id"], None)
-        if "revision" in str(error.validator_value) and "tiny" in str(error.validator_value):
-            return (f"config key '{where}' must give exactly one of: {{id, revision}} (hub, with a "
-                    f"pinned revision), {{path}} (local folder or file) or {{tiny}}; got {got!r}")
-        if "hub_parquet" in str(error.validator_value):
-            return f"config key '{where}' must give exactly one of: path, hub_parquet; got {got!r}"
-        return f"config key '{where}' has value {error.instance!r}, which matches none of the allowed forms"
-    if error.validator == "propertyNames":
-        return f"config key '{where}' has an invalid name: {error.message}"
-    return f"config key '{where}' has value {error.instance!r}: {error.message}"
-
-
 def validate_config(config: dict[str, Any]) -> None:
     """Raise ``ConfigError`` (all problems at once, one per line) if ``config`` is invalid."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(config_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
-    messages = [_schema_error_message(e, config) for e in errors]
+    messages = [schema_error_message(e, config) for e in errors]
     if not messages:
         messages = _cross_reference_errors(config)
     if messages:
@@ -288,15 +228,34 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
         if scorer not in known:
             out.append(f"config key 'metrics.{name}' names scorer '{scorer}', which does not exist"
                        f"{_suggest(scorer, known)}; available: {', '.join(sorted(known))}")
-    from spo.tables import check_replicates
-
-    out += check_replicates(config)
+    out += _replicate_errors(config)
     if config.get("world") is not None:
         out += _world_errors(config["world"])
     if config.get("figures"):  # issue 7: methods and prompt sets the figures name
         from spo.report.figures import check_figures
 
         out += check_figures(config)
+    return out
+
+
+def _replicate_errors(config: dict[str, Any]) -> list[str]:
+    """``tables.replicates``: each pooled row names >= 2 scored methods with one baseline."""
+    out, methods = [], config["methods"]
+    scored = {m for m, _ in evaluated_pairs(config, scored=True)}
+    for name, members in ((config.get("tables") or {}).get("replicates") or {}).items():
+        key = f"config key 'tables.replicates.{name}'"
+        if name in methods:
+            out.append(f"{key}: a pooled row needs a name of its own, '{name}' is a method")
+        for m in members:
+            if m not in methods:
+                out.append(f"{key} names '{m}', which is not under 'methods'{_suggest(m, methods)}")
+            elif m not in scored:
+                out.append(f"{key} names '{m}', which no 'evaluate' group scores: add it there")
+        bases = {methods[m].get("baseline") for m in members if m in methods}
+        if len(bases) > 1:
+            out.append(f"{key}: its runs must share one baseline, they have {sorted(map(str, bases))}")
+        if len(set(members)) != len(members):
+            out.append(f"{key} names a method twice: {members}")
     return out
 
 

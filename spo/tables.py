@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from spo.config import evaluated_methods, evaluated_pairs, evaluated_prompt_sets
+from spo.config import evaluated_methods, evaluated_prompt_sets
 from spo.io import write_text_atomic
 from spo.stats import bootstrap_mean_ci, paired_bootstrap_diff_ci, replicated_mean_ci
 
@@ -103,36 +103,12 @@ def replicate_rows(scores: pd.DataFrame, replicates: dict[str, Sequence[str]],
     return pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, *DELTA_COLUMNS, "runs"])
 
 
-def check_replicates(config: dict[str, Any]) -> list[str]:
-    """``tables.replicates``: each pooled row names >= 2 scored methods with one baseline."""
-    out, methods = [], config["methods"]
-    scored = {m for m, _ in evaluated_pairs(config, scored=True)}
-    from spo.config import _suggest
-
-    for name, members in ((config.get("tables") or {}).get("replicates") or {}).items():
-        key = f"config key 'tables.replicates.{name}'"
-        if name in methods:
-            out.append(f"{key}: a pooled row needs a name of its own, '{name}' is a method")
-        for m in members:
-            if m not in methods:
-                out.append(f"{key} names '{m}', which is not under 'methods'{_suggest(m, methods)}")
-            elif m not in scored:
-                out.append(f"{key} names '{m}', which no 'evaluate' group scores: add it there")
-        bases = {methods[m].get("baseline") for m in members if m in methods}
-        if len(bases) > 1:
-            out.append(f"{key}: its runs must share one baseline, they have {sorted(map(str, bases))}")
-        if len(set(members)) != len(members):
-            out.append(f"{key} names a method twice: {members}")
-    return out
-
-
 def table_method_order(config: dict[str, Any]) -> list[str]:
     """The evaluated methods in config order, each pooled row right after its last run."""
     order = list(evaluated_methods(config))
     for name, members in (config["tables"].get("replicates") or {}).items():
-        at = max(order.index(m) for m in members if m in order) if any(m in order for m in members) \
-            else len(order) - 1
-        order.insert(at + 1, name)
+        # validated: every run is an evaluated method (spo.config._replicate_errors)
+        order.insert(max(order.index(m) for m in members) + 1, name)
     return order
 
 

@@ -147,6 +147,18 @@ def test_like_cycles_and_unknown_parents(repo_root):
         resolve_method_templates({"methods": {"a": {"like": "zz"}}})
 
 
+def test_replicates_in_the_config_are_checked(tiny_config):
+    tiny_config["tables"]["replicates"] = {
+        "tiny-sd15-spo": ["tiny-sd15-spo-random-s0", "tiny-sd15-spo-random-s1"],   # a method's name
+        "pooled": ["tiny-sd15-spo-random-s0", "tiny-sd15-spo-randon-s1", "tiny-sdxl-mspo-random-s0"]}
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_config)
+    msg = str(err.value)
+    assert "tables.replicates.tiny-sd15-spo': a pooled row needs a name of its own" in msg
+    assert "'tiny-sd15-spo-randon-s1', which is not under 'methods'" in msg and "did you mean" in msg
+    assert "must share one baseline" in msg
+
+
 @pytest.mark.parametrize("family, trained", [("sd15", "spo"), ("sdxl", "mspo")])
 def test_tiny_controls_differ_from_their_method_only_in_the_preference(repo_root, family, trained):
     """The negated and random controls train exactly the recipe of the analytic run (a nested YAML

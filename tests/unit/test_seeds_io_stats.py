@@ -137,16 +137,3 @@ def test_a_consistent_drift_over_runs_is_not_hidden_by_pooling():
     assert scatter.delta_ci_low < 0 < scatter.delta_ci_high
     assert scatter.delta == pytest.approx(scatter["mean"] - base.mean(), abs=1e-9)
 
-
-def test_replicates_in_the_config_are_checked(tiny_config):
-    from spo.config import ConfigError, validate_config
-
-    tiny_config["tables"]["replicates"] = {
-        "tiny-sd15-spo": ["tiny-sd15-spo-random-s0", "tiny-sd15-spo-random-s1"],   # a method's name
-        "pooled": ["tiny-sd15-spo-random-s0", "tiny-sd15-spo-randon-s1", "tiny-sdxl-mspo-random-s0"]}
-    with pytest.raises(ConfigError) as err:
-        validate_config(tiny_config)
-    msg = str(err.value)
-    assert "tables.replicates.tiny-sd15-spo': a pooled row needs a name of its own" in msg
-    assert "'tiny-sd15-spo-randon-s1', which is not under 'methods'" in msg and "did you mean" in msg
-    assert "must share one baseline" in msg
