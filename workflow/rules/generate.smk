@@ -14,10 +14,7 @@ rule generate:
         "results/benchmarks/generate/{method}/{prompt_set}/shard-{shard}.tsv"
     threads: job_threads("generate")
     resources:
-        gpu=job_resource("generate", "gpu"),
-        mem_mb=job_resource("generate", "mem_mb"),
-        runtime=job_resource("generate", "runtime"),
-        cpus_per_task=job_resource("generate", "cpus_per_task"),
+        **job_resources("generate"),
     shell:
         "{PYTHON} -m spo generate --config {RESOLVED_CONFIG} --method {wildcards.method}"
         " --prompt-set {wildcards.prompt_set} --shard {wildcards.shard}"

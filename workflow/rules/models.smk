@@ -12,10 +12,7 @@ rule tiny_pipeline:
         "results/benchmarks/tiny_pipeline/{model}.tsv"
     threads: job_threads("tiny_pipeline")
     resources:
-        gpu=job_resource("tiny_pipeline", "gpu"),
-        mem_mb=job_resource("tiny_pipeline", "mem_mb"),
-        runtime=job_resource("tiny_pipeline", "runtime"),
-        cpus_per_task=job_resource("tiny_pipeline", "cpus_per_task"),
+        **job_resources("tiny_pipeline"),
     shell:
         "{PYTHON} -m spo tiny-model --config {RESOLVED_CONFIG} --model {wildcards.model}"
         " --threads {threads} --out {output} > {log} 2>&1"
@@ -32,10 +29,7 @@ rule tiny_metric:
         "results/benchmarks/tiny_metric/{metric}.tsv"
     threads: job_threads("tiny_metric")
     resources:
-        gpu=job_resource("tiny_metric", "gpu"),
-        mem_mb=job_resource("tiny_metric", "mem_mb"),
-        runtime=job_resource("tiny_metric", "runtime"),
-        cpus_per_task=job_resource("tiny_metric", "cpus_per_task"),
+        **job_resources("tiny_metric"),
     shell:
         "{PYTHON} -m spo tiny-model --config {RESOLVED_CONFIG} --metric {wildcards.metric}"
         " --threads {threads} --out {output} > {log} 2>&1"

@@ -69,10 +69,7 @@ rule paper_tables:
         table="|".join(str(n) for n in REBUILT_TABLES),
     threads: job_threads("tables")
     resources:
-        gpu=job_resource("tables", "gpu"),
-        mem_mb=job_resource("tables", "mem_mb"),
-        runtime=job_resource("tables", "runtime"),
-        cpus_per_task=job_resource("tables", "cpus_per_task"),
+        **job_resources("tables"),
     shell:
         "{PYTHON} -m spo paper-tables --config {RESOLVED_CONFIG} --paper-numbers {input.numbers}"
         " --tables {wildcards.table} --scores {input.scores} --out {params.out_dir} > {log} 2>&1"

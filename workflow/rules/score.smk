@@ -18,10 +18,7 @@ rule score:
         "results/benchmarks/score/{scoring}/{method}/{prompt_set}/shard-{shard}.tsv"
     threads: job_threads("score")
     resources:
-        gpu=job_resource("score", "gpu"),
-        mem_mb=job_resource("score", "mem_mb"),
-        runtime=job_resource("score", "runtime"),
-        cpus_per_task=job_resource("score", "cpus_per_task"),
+        **job_resources("score"),
     shell:
         "{PYTHON} -m spo score --config {RESOLVED_CONFIG} --metric {params.metrics}"
         " --shards {input.shard} --models-root {MODELS_ROOT} --threads {threads}"

@@ -56,10 +56,7 @@ rule spm_latents:
         "results/benchmarks/spm_latents/{dataset}/{split}/{model}.tsv"
     threads: job_threads("spm_latents")
     resources:
-        gpu=job_resource("spm_latents", "gpu"),
-        mem_mb=job_resource("spm_latents", "mem_mb"),
-        runtime=job_resource("spm_latents", "runtime"),
-        cpus_per_task=job_resource("spm_latents", "cpus_per_task"),
+        **job_resources("spm_latents"),
     shell:
         "{PYTHON} -m spo spm-latents --config {RESOLVED_CONFIG} --pairs {input.pairs}"
         " --model {wildcards.model} {params.resolution} --models-root {MODELS_ROOT}"
@@ -86,10 +83,7 @@ rule train_spm:
     priority: 10  # on the way to the SPO training that needs it (train.smk)
     threads: job_threads("train_spm")
     resources:
-        gpu=job_resource("train_spm", "gpu"),
-        mem_mb=job_resource("train_spm", "mem_mb"),
-        runtime=job_resource("train_spm", "runtime"),
-        cpus_per_task=job_resource("train_spm", "cpus_per_task"),
+        **job_resources("train_spm"),
     shell:
         "{PYTHON} -m {params.launcher}spo train-spm --config {RESOLVED_CONFIG} --run {wildcards.run}"
         " --pairs {input.pairs} --val-pairs {input.val_pairs} {params.latents}"

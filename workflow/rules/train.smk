@@ -24,10 +24,7 @@ rule train:
     priority: 10
     threads: job_threads("train")
     resources:
-        gpu=job_resource("train", "gpu"),
-        mem_mb=job_resource("train", "mem_mb"),
-        runtime=job_resource("train", "runtime"),
-        cpus_per_task=job_resource("train", "cpus_per_task"),
+        **job_resources("train"),
     shell:
         "{PYTHON} -m {params.launcher}spo train --config {RESOLVED_CONFIG} --method {wildcards.method}"
         " --checkpoints {params.checkpoints} --models-root {MODELS_ROOT} --threads {threads}"
