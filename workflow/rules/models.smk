@@ -3,13 +3,13 @@
 
 rule tiny_pipeline:
     output:
-        directory(f"{MODELS_ROOT}/pipelines/{{model}}"),
+        directory(layout.tiny_pipeline_dir("{model}")),
     params:
         fingerprint=model_fingerprint,
     log:
-        "results/logs/tiny_pipeline/{model}.log",
+        layout.log_file("tiny_pipeline", "{model}"),
     benchmark:
-        "results/benchmarks/tiny_pipeline/{model}.tsv"
+        layout.benchmark_file("tiny_pipeline", "{model}")
     threads: job_threads("tiny_pipeline")
     resources:
         **job_resources("tiny_pipeline"),
@@ -20,13 +20,13 @@ rule tiny_pipeline:
 
 rule tiny_metric:
     output:
-        directory(f"{MODELS_ROOT}/metrics/{{metric}}"),
+        directory(layout.tiny_metric_dir("{metric}")),
     params:
         fingerprint=metric_fingerprint,
     log:
-        "results/logs/tiny_metric/{metric}.log",
+        layout.log_file("tiny_metric", "{metric}"),
     benchmark:
-        "results/benchmarks/tiny_metric/{metric}.tsv"
+        layout.benchmark_file("tiny_metric", "{metric}")
     threads: job_threads("tiny_metric")
     resources:
         **job_resources("tiny_metric"),

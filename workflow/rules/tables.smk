@@ -21,9 +21,9 @@ rule tables:
         fingerprint=tables_fingerprint,
         out_dir=tables_dir,
     log:
-        "results/logs/tables.log",
+        layout.log_file("tables"),
     benchmark:
-        "results/benchmarks/tables.tsv"
+        layout.benchmark_file("tables")
     threads: job_threads("tables")
     resources:
         **job_resources("tables"),
