@@ -113,7 +113,8 @@ def bench_method(config, method: str, models_root: Path, train_root: Path, reps:
     family = METHODS[method]
     cfg = {**config["methods"][method], "name": method}
     jobs = _jobs(config)
-    ours = load_method_pipeline(config, method, models_root=models_root, train_root=train_root)
+    lora = train_root / method if "train" in cfg else None  # the train rule's output folder
+    ours = load_method_pipeline(config, method, models_root=models_root, lora=lora)
     stock = _stock(models_root, train_root, family, cfg)
     a = _generate(ours, config, method, jobs)
     b = _generate(stock, config, method, jobs)
@@ -125,7 +126,7 @@ def bench_method(config, method: str, models_root: Path, train_root: Path, reps:
         def ours_e2e(r):
             out = scratch / f"ours-{r}"
             generate_shard(config, method, "tiny-eval", 0, out, models_root=models_root,
-                           root=REPO, train_root=train_root, device="cpu", progress=False)
+                           root=REPO, lora=lora, device="cpu", progress=False)
             shutil.rmtree(out)
 
         def stock_e2e(r):

@@ -27,6 +27,8 @@ import os
 import sys
 from typing import Sequence
 
+from spo import layout  # path defaults (standard library only: light stages stay light)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spo", description=__doc__,
@@ -59,14 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     stage("world-prompts", "write the tiny world's prompt files from its grammar (--out: a folder)")
 
     p = stage("expected-results", "the finished run's headline numbers as the expected-results file")
-    p.add_argument("--results", default="results", help="the finished run's results folder")
+    p.add_argument("--results", default=layout.RESULTS, help="the finished run's results folder")
 
     p = stage("generate", "generate one shard of a prompt set with one method")
     p.add_argument("--method", required=True)
     p.add_argument("--prompt-set", required=True)
     p.add_argument("--shard", type=int, required=True)
-    p.add_argument("--models-root", default="results/models")
-    p.add_argument("--train-root", default="results/train", help="trained methods' LoRA folders")
+    p.add_argument("--models-root", default=layout.MODELS_ROOT)
+    p.add_argument("--lora", default=None,
+                   help="a method with a `train` block: its training output folder (the LoRA, or "
+                        "unet/ of a full-UNet training); absent for every other method")
 
     p = stage("fetch-prompts", "download a `url` prompt set and verify its sha256")
     p.add_argument("--prompt-set", required=True)
@@ -74,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("train", "train a method's LoRA with SPO / MSPO (its `train` block)")
     p.add_argument("--method", required=True)
     p.add_argument("--checkpoints", required=True, help="folder of resumable checkpoints")
-    p.add_argument("--models-root", default="results/models")
+    p.add_argument("--models-root", default=layout.MODELS_ROOT)
     p.add_argument("--pairs", default=None,
                    help="offline trainers (diffusion-dpo): the pairs folder of train.diffusion_dpo.data")
     p.add_argument("--latents", default=None, help="offline trainers: a latent cache of those pairs")
@@ -82,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("score", "score generation shards with one or more metrics")
     p.add_argument("--metric", nargs="+", required=True, help="metric names (one output file)")
     p.add_argument("--shards", nargs="+", required=True, help="generation shard folders")
-    p.add_argument("--models-root", default="results/models")
+    p.add_argument("--models-root", default=layout.MODELS_ROOT)
 
     p = stage("tables", "summary tables with bootstrap CIs")
     p.add_argument("--scores", nargs="+", required=True, help="score Parquet files")
@@ -95,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("spm-pairs", "preference pairs of one spm dataset split (Parquet folder)")
     p.add_argument("--dataset", required=True, help="a key of spm.datasets")
     p.add_argument("--split", required=True, choices=["train", "validation"])
-    p.add_argument("--models-root", default="results/models")
+    p.add_argument("--models-root", default=layout.MODELS_ROOT)
 
     p = stage("spm-latents", "cache the VAE latents of a pairs folder for one base model")
     p.add_argument("--pairs", required=True, help="a pairs folder (spm-pairs output)")
     p.add_argument("--model", required=True, help="a key of `models` (its VAE encodes)")
     p.add_argument("--resolution", type=int, default=None, help="image side before encoding")
-    p.add_argument("--models-root", default="results/models")
+    p.add_argument("--models-root", default=layout.MODELS_ROOT)
 
     p = stage("train-spm", "train one step-aware preference model (spm.runs.<run>)")
     p.add_argument("--run", required=True, help="a key of spm.runs")
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-latents", default=None, help="cached latents of the validation pairs")
     p.add_argument("--validation-csv", required=True, help="accuracy against t, written here")
     p.add_argument("--checkpoints", required=True, help="resumable checkpoints (kept on failure)")
-    p.add_argument("--models-root", default="results/models")
+    p.add_argument("--models-root", default=layout.MODELS_ROOT)
 
     p = stage("geneval-layout", "generation shards in GenEval's folder layout")
     p.add_argument("--method", required=True)
@@ -130,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("figure", "one figure (figures.<name>): PNG plus the numbers behind it")
     p.add_argument("name", help="a key of `figures` (figure2, figure6, compute, ...)")
     p.add_argument("--inputs", nargs="*", default=[], help="the result files / folders it reads")
-    p.add_argument("--models-root", default="results/models")
-    p.add_argument("--benchmarks", default="results/benchmarks", help="compute: benchmark folder")
+    p.add_argument("--models-root", default=layout.MODELS_ROOT)
+    p.add_argument("--benchmarks", default=layout.BENCHMARKS_ROOT, help="compute: benchmark folder")
     p.add_argument("--gpus", default="{}", help="compute: JSON {stage: GPUs per job} of the rules")
     return parser
 
@@ -217,7 +221,7 @@ def _generate(config, args) -> int:
     from spo.generate import generate_shard
 
     generate_shard(config, args.method, args.prompt_set, args.shard, args.out,
-                   models_root=args.models_root, train_root=args.train_root)
+                   models_root=args.models_root, lora=args.lora)
     return 0
 
 

@@ -26,6 +26,8 @@ from typing import Callable, Mapping
 
 import pandas as pd
 
+from spo.layout import BENCHMARKS_ROOT
+
 GpuCount = Mapping[str, int] | Callable[[str, str], int]
 
 
@@ -93,7 +95,7 @@ def _parse_gpus(items: list[str]) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spo.compute", description=__doc__.split("\n")[0])
-    parser.add_argument("benchmarks", nargs="?", default="results/benchmarks")
+    parser.add_argument("benchmarks", nargs="?", default=BENCHMARKS_ROOT)
     parser.add_argument("--gpus", nargs="+", default=[], metavar="STAGE=N",
                         help="GPUs per job of each stage (every stage with records needs one)")
     args = parser.parse_args(argv)

@@ -76,10 +76,14 @@ def collect(results_root: str | Path, config: dict[str, Any]) -> dict[str, Any]:
     from spo.environment import lock_sha256
     from spo.io import _git_commit, stable_hash
 
-    root = Path(results_root)
+    from spo import layout
+
+    def under_root(path: str) -> Path:  # spo.layout's path of a results file, under results_root
+        return Path(results_root) / Path(path).relative_to(layout.RESULTS)
+
     tables = {}
     for prompt_set in evaluated_prompt_sets(config, scored=True):
-        path = root / "tables" / f"{prompt_set}.csv"
+        path = under_root(layout.table_file(prompt_set, "csv"))
         if not path.is_file():
             raise ExpectedResultsError(f"'{path}' does not exist: run the DAG first "
                                        f"(`snakemake --cores all`)")
@@ -95,7 +99,7 @@ def collect(results_root: str | Path, config: dict[str, Any]) -> dict[str, Any]:
         tables[prompt_set] = sorted(rows, key=lambda r: (r["method"], r["metric"]))
     spm = {}
     for run in sorted(((config.get("spm") or {}).get("runs") or {})):
-        path = root / "spm" / run / "validation.csv"
+        path = under_root(layout.spm_validation_csv(run))
         if not path.is_file():
             raise ExpectedResultsError(f"'{path}' does not exist: run the DAG first")
         frame = pd.read_csv(path)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from spo import layout
 from spo.config import images_per_prompt, inference_steps, method_guidance_scale
 from spo.io import atomic_path, provenance, stable_hash, write_json_atomic, write_parquet_atomic
 from spo.prompts import load_prompt_set, shard_slice
@@ -42,9 +43,10 @@ def check_pixels(images, config: dict[str, Any], method: str, names: list[str]) 
         return
     method_cfg = config["methods"][method]
     if "train" in method_cfg:
-        fix = (f"its LoRA (results/train/{method}) makes the sampler diverge: retrain it with a "
+        trained = layout.train_dir(method)  # the DAG's target, which the fix deletes and rebuilds
+        fix = (f"its LoRA ({trained}) makes the sampler diverge: retrain it with a "
                f"lower 'methods.{method}.train.lr' (now {method_cfg['train'].get('lr', 'the default')}), "
-               f"delete results/train/{method} and rerun `snakemake --cores 1 results/train/{method}`")
+               f"delete {trained} and rerun `snakemake --cores 1 {trained}`")
     else:
         fix = (f"check the weights of 'methods.{method}' (its model '{method_cfg['model']}' and "
                f"any `lora:` / `unet:`), or set 'generation.dtype' to float32")
@@ -105,11 +107,12 @@ def pick_device(dtype: str) -> str:
 
 def generate_shard(config: dict[str, Any], method: str, prompt_set: str, shard: int,
                    out_dir: str | Path, *, models_root: str | Path, root: str | Path = ".",
-                   train_root: str | Path = "results/train", device: str | None = None,
+                   lora: str | Path | None = None, device: str | None = None,
                    progress: bool = True) -> pd.DataFrame:
     """Generate every image of one shard and write it to ``out_dir`` atomically.
 
-    Returns the manifest (one row per image).
+    ``lora``: for a method with a ``train`` block, its training output folder (required then;
+    see ``spo.models.pipelines.load_method_pipeline``). Returns the manifest (one row per image).
     """
     import torch
     from tqdm import tqdm
@@ -122,7 +125,7 @@ def generate_shard(config: dict[str, Any], method: str, prompt_set: str, shard: 
     prompts = shard_slice(load_prompt_set(config["prompt_sets"][prompt_set], root), shard,
                           settings["shard_size"])
     device = device or pick_device(settings["dtype"])
-    pipe = load_method_pipeline(config, method, models_root=models_root, train_root=train_root,
+    pipe = load_method_pipeline(config, method, models_root=models_root, lora=lora,
                                 dtype=settings["dtype"], device=device)
     side = settings["resolution"] or default_resolution(pipe)
     jobs = [(row.prompt_id, row.prompt, i) for row in prompts.itertuples()

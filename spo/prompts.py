@@ -100,7 +100,9 @@ def read_prompt_json(path: str | Path, sha256: str | None = None) -> pd.DataFram
 
 def fetched_prompt_file(source: dict[str, Any], root: str | Path = ".") -> Path:
     """Where the DAG stores a ``url`` prompt source: named by its checksum, never overwritten."""
-    return Path(root) / "results" / "prompts" / f"{source['url']['sha256'][:16]}.json"
+    from spo.layout import fetched_prompts
+
+    return Path(root) / fetched_prompts(source["url"]["sha256"][:16])
 
 
 def fetch_prompt_file(url: str, sha256: str, out: str | Path) -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from spo import layout
 from spo.generate import read_manifest
 from spo.io import provenance, write_json_atomic, write_parquet_atomic
 
@@ -72,7 +73,7 @@ def score_shards(config: dict[str, Any], metrics: str | Sequence[str], shard_dir
         spec = config["metrics"][metric]
         if spec.get("scorer", metric) == "adherence":  # the tiny world's detector reads its grammar
             spec = {**spec, "world": config.get("world")}
-        weights = resolve_weights(spec, tiny_root=str(Path(models_root) / "metrics" / metric))
+        weights = resolve_weights(spec, tiny_root=str(Path(layout.tiny_metric_dir(metric, models_root))))
         scorer = build_scorer(spec.get("scorer", metric), spec, device=device,
                               dtype=spec.get("dtype", "float32"), weights=weights)
         frames.append(score_manifest(scorer, manifest, spec.get("batch_size", 16), metric))

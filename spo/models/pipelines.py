@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from spo import layout
 from spo.models.sources import fetch_file, from_pretrained
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -52,7 +53,7 @@ def pipeline_class(family: str):
 
 def tiny_model_dir(models_root: str | Path, model_name: str) -> Path:
     """Where the DAG writes the tiny stand-in of ``models.<model_name>``."""
-    return Path(models_root) / "pipelines" / model_name
+    return Path(layout.tiny_pipeline_dir(model_name, models_root))
 
 
 def load_model_pipeline(config: dict[str, Any], model_name: str, *, models_root: str | Path,
@@ -81,23 +82,33 @@ def load_model_pipeline(config: dict[str, Any], model_name: str, *, models_root:
 
 
 def load_method_pipeline(config: dict[str, Any], method: str, *, models_root: str | Path,
-                         train_root: str | Path = "results/train", dtype: str = "float32",
+                         lora: str | Path | None = None, dtype: str = "float32",
                          device: str = "cpu"):
     """Build the pipeline of ``methods.<method>`` with a DDIM scheduler, ready to sample.
 
     Args:
         config: the validated workflow config.
         method: a key of ``config['methods']``.
-        models_root: folder of the DAG-built tiny models (``results/models``).
-        train_root: folder of trained methods' outputs (``results/train/<method>`` holds the LoRA).
+        models_root: folder of the DAG-built tiny models (``spo.layout.MODELS_ROOT`` in the DAG).
+        lora: for a method with a ``train`` block (and only then), its training output folder
+            (the DAG's ``spo.layout.train_dir(method)``): the LoRA, or ``unet/`` of a full-UNet
+            training. Other methods take their weights from the config (``lora:``, ``unet:``).
         dtype: one of ``DTYPES``; device: a torch device string.
 
     Raises:
         LoraMismatchError: the method's LoRA changes no module, or not every module it names.
+        ValueError: ``lora`` is missing for a trained method, or given for another one.
     """
     method_cfg = config["methods"][method]
     unet_source = method_cfg.get("unet")
-    trained = Path(train_root) / method if "train" in method_cfg else None
+    if ("train" in method_cfg) != (lora is not None):
+        raise ValueError(
+            f"method '{method}' has a `train` block: pass its training output folder as lora "
+            f"(`python -m spo generate ... --lora {layout.train_dir(method)}`)"
+            if "train" in method_cfg else
+            f"method '{method}' has no `train` block, so it loads no training output (got lora="
+            f"'{lora}'); its weights come from the config (methods.{method}.lora / unet)")
+    trained = Path(lora) if lora is not None else None
     full_unet = trained is not None and (trained / "unet" / "config.json").is_file()
     if full_unet:  # a full-UNet training (Diffusion-DPO's official recipe): its UNet replaces the base's
         unet_source = {"path": str(trained), "subfolder": "unet"}

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from spo import layout
 from spo.io import safetensors_problem, sha256_file
 
 T = TypeVar("T")
@@ -101,15 +102,15 @@ def local_root(spec: dict[str, Any], tiny_dir: str | os.PathLike | None) -> Path
 
 # The DAG's folders of tiny models (rules tiny_pipeline, tiny_metric, spm_tiny_pickscore): a part
 # of one (``.../pipelines/<model>/vae``) is built with the whole folder, its rule's output.
-_DAG_MODEL_KINDS = ("pipelines", "metrics", "spm-init")
+_MODELS_FOLDER = Path(layout.MODELS_ROOT).name
 
 
 def dag_target(path: str | os.PathLike) -> Path:
     """The Snakemake target that builds ``path``: the model folder under ``<models_root>/<kind>/``
-    that contains it (``path`` itself when it is not inside one)."""
+    (``spo.layout.TINY_MODEL_KINDS``) that contains it (``path`` itself when it is not inside one)."""
     parts = Path(path).parts
     for i in range(len(parts) - 2, -1, -1):
-        if parts[i] in _DAG_MODEL_KINDS and (i == 0 or parts[i - 1] == "models"):
+        if parts[i] in layout.TINY_MODEL_KINDS and (i == 0 or parts[i - 1] == _MODELS_FOLDER):
             return Path(*parts[:i + 2])
     return Path(path)
 

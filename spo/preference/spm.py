@@ -2,12 +2,12 @@
 
 Spec keys (``preference:`` in the config; the factory signature of ``spo.preference.base``):
 
-    spm / spm-no-step:  run: <a key of spm.runs>   -> <models_root>/spm/<run> (train-spm output)
+    spm / spm-no-step:  run: <a key of spm.runs>   -> spo.layout.spm_model_dir (train-spm output)
                         path: <an SPM folder>        (spo.preference.spm_io format)
                         official: {checkpoint, pickscore_model, processor}   (spm only: a released
                                   ``*.bin`` of SPO-Diffusion-Models/Step-Aware_Preference_Models)
     pickscore:          path: <folder with model/ and processor/>  (default:
-                        <models_root>/spm-init/pickscore, the SPM's initialisation)
+                        spo.layout.pickscore_init_dir, the SPM's initialisation)
 
 ``spm`` must be time-conditioned and ``spm-no-step`` must not: a mix-up is an error, not a silent
 ablation. ``pickscore`` ignores t (``step_aware = False``).
@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from spo import layout
 from spo.preference.spm_io import SPMError, from_pickscore, load_official_spm, load_spm
 
 
@@ -26,8 +27,8 @@ def _folder(spec: dict[str, Any], models_root) -> Path:
         return Path(spec["path"])
     if spec.get("run"):
         if models_root is None:
-            raise SPMError("preference spec 'run' needs models_root (the DAG's results/models)")
-        return Path(models_root) / "spm" / spec["run"]
+            raise SPMError(f"preference spec 'run' needs models_root (the DAG's {layout.MODELS_ROOT})")
+        return Path(layout.spm_model_dir(spec["run"], models_root))
     raise SPMError(f"preference '{spec.get('name')}' needs `run: <a key of spm.runs>` or "
                    f"`path: <an SPM folder>`; got keys {sorted(spec)}")
 
@@ -65,7 +66,7 @@ def _pickscore(spec, device, dtype, models_root):
     if spec.get("model_dir") and spec.get("processor_dir"):  # resolved from spm.pickscore by the stage
         return from_pickscore(spec["model_dir"], spec["processor_dir"], time_condition=False,
                               device=device, dtype=dtype)
-    root = Path(spec["path"]) if spec.get("path") else Path(models_root or "results/models") / "spm-init" / "pickscore"
+    root = Path(spec.get("path") or layout.pickscore_init_dir(models_root or layout.MODELS_ROOT))
     if not (root / "model").is_dir() or not (root / "processor").is_dir():
         raise SPMError(f"preference 'pickscore': '{root}' must hold model/ and processor/ folders "
                        f"(PickScore's layout); set `path:` or build it with the spm_tiny_pickscore rule")

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from spo import layout
 from spo.io import atomic_path, provenance, sha256_file, write_json_atomic, write_text_atomic
 
 # djghosh13/geneval@d927da8e42fde2b1b5cd743da4df5ff83c1654ff:prompts/evaluation_metadata.jsonl (the
@@ -45,8 +46,9 @@ TASKS = {"single_object": "Single Obj", "two_object": "Two Obj", "counting": "Co
 # The tiny world's detector (geneval.detector: adherence): one "task" per attribute it checks.
 DETECTOR_TASKS = {"adherence": {"background": "Background", "colour": "Colour", "shape": "Shape",
                                 "size": "Size"}}
-RESULTS_PATTERN = "results/geneval/{method}/results.jsonl"
-LAYOUT_PATTERN = "results/geneval/{method}/images"
+# Snakemake patterns (and `geneval.results`' default) from spo/layout.py's one definition.
+RESULTS_PATTERN = layout.geneval_results_file("{method}")
+LAYOUT_PATTERN = layout.geneval_layout_dir("{method}")
 # PAPER.md §3, Table 3 (SDXL; the SDXL row with CFG 5.0 and 50 steps).
 PAPER_TABLE3 = {
     "SDXL†": [97.50, 71.21, 39.06, 84.04, 11.00, 17.75, 53.43],

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from spo import layout
 from spo.io import write_text_atomic
 from spo.report.paper_numbers import PaperNumbers, PaperTable
 
@@ -40,7 +41,7 @@ def header_lines(config: dict[str, Any], numbers: PaperNumbers, plan, frame: pd.
     from spo.environment import LOCK_FILE, short_lock_hash
 
     config_line = (f"profile `{profile}`, resolved config `{config_hash}` "
-                   f"(results/config/{config_hash}.yaml), environment `{LOCK_FILE}` "
+                   f"({layout.resolved_config(config_hash)}), environment `{LOCK_FILE}` "
                    f"{short_lock_hash()}")
     if not plan.run:
         lines.append(f"**Not run**: no method of this config ({config_line}) fills a row of this "

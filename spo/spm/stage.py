@@ -1,12 +1,12 @@
-"""Stage entry points (``python -m spo spm-pairs | spm-latents | train-spm``) and path conventions.
+"""Stage entry points (``python -m spo spm-pairs | spm-latents | train-spm``).
 
-Paths (the rules in ``workflow/rules/spm.smk`` use the same functions)::
+Paths (``spo.layout``; the rules in ``workflow/rules/spm.smk`` pass them as arguments)::
 
-    results/spm/pairs/<dataset>/<split>/part-*.parquet     pairs (spm-pairs)
-    results/spm/latents/<dataset>/<split>/<model>/          cached VAE latents (spm-latents)
-    <models_root>/spm/<run>/                                the trained SPM (train-spm)
-    results/spm/<run>/validation.csv, checkpoints/          accuracy against t; resumable state
-    <models_root>/spm-init/pickscore/{model,processor}      tiny PickScore (tiny sources only)
+    spm_pairs_dir(dataset, split)/part-*.parquet     pairs (spm-pairs)
+    spm_latents_dir(dataset, split, model)/           cached VAE latents (spm-latents)
+    spm_model_dir(run, models_root)/                  the trained SPM (train-spm)
+    spm_validation_csv(run), spm_checkpoints(...)     accuracy against t; resumable state
+    pickscore_init_dir(models_root)/{model,processor} tiny PickScore (tiny sources only)
 """
 
 from __future__ import annotations
@@ -22,18 +22,15 @@ SPLITS = ("train", "validation")
 MAX_CACHED_PROMPTS = 8192  # prompt embeddings held in memory (SD-1.5: ~0.5 MB each, cond + uncond)
 
 
-def pickscore_init_dir(models_root) -> Path:
-    return Path(models_root) / "spm-init" / "pickscore"
-
-
 def resolve_pickscore(config: dict[str, Any], models_root) -> tuple[str, str]:
     """(model folder, processor folder) of ``spm.pickscore`` (hub, local, or the tiny one)."""
+    from spo.layout import pickscore_init_dir
     from spo.models.sources import snapshot
 
     spec = config["spm"]["pickscore"]
     out = []
     for role in ("model", "processor"):
-        out.append(str(snapshot(spec[role], tiny_dir=pickscore_init_dir(models_root) / role)))
+        out.append(str(snapshot(spec[role], tiny_dir=Path(pickscore_init_dir(models_root)) / role)))
     return out[0], out[1]
 
 

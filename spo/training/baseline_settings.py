@@ -29,7 +29,7 @@ class DPOSettings:
     """The ``train.diffusion_dpo`` block (LoRA, lr, weight decay, clip, seed and precision are the
     shared ``train.*`` keys; SPO's sampler keys such as ``train.beta`` are not used)."""
 
-    data: str                       # a key of spm.datasets: trains on results/spm/pairs/<data>/train
+    data: str                       # a key of spm.datasets: trains on its train split's pairs
     beta: float = 5000.0            # Salesforce convention (official launchers: 5000)
     steps: int = 2000               # optimizer steps (official: 2000)
     batch_size: int = 2048          # pairs per optimizer step, all processes (official: 2048)

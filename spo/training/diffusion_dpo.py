@@ -165,8 +165,10 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
 
     dpo = DPOSettings.from_train(settings)
     if pairs is None:
+        from spo.layout import spm_pairs_dir
+
         raise ValueError(f"Diffusion-DPO needs the pairs of '{KEY}.data' ({dpo.data}); pass "
-                         f"--pairs results/spm/pairs/{dpo.data}/train")
+                         f"--pairs {spm_pairs_dir(dpo.data, 'train')}")
     accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
     if dpo.batch_size % (dpo.micro_batch * world):

@@ -52,7 +52,7 @@ def preference_digest(spec: dict[str, Any], models_root: str | Path) -> str:
         from spo.preference.spm import _folder
 
         if spec["name"] == "pickscore" and not spec.get("path"):
-            from spo.spm.stage import pickscore_init_dir
+            from spo.layout import pickscore_init_dir
 
             folders = [pickscore_init_dir(models_root)]
         else:

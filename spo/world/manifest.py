@@ -16,10 +16,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from spo.layout import pretrain_release_dir
+
 FORMAT, VERSION = "spo-tiny-world", 1
 MANIFEST = "manifest.json"
 SHIPPED = ("sd15", "sdxl", "pickscore", "sdxl-half-way")
-REBUILD = ("`snakemake --cores 2 pretrain_tiny` rebuilds the world into results/tiny-world/release "
+REBUILD = (f"`snakemake --cores 2 pretrain_tiny` rebuilds the world into {pretrain_release_dir()} "
            "(then copy it over data/tiny-world), or `git checkout -- data/tiny-world` restores "
            "the committed files")
 

@@ -157,10 +157,10 @@ def test_full_unet_trains_every_weight_and_generation_loads_it(tiny_models, pair
 
     config = {"models": {"m": {"family": "sd15", "source": {"path": str(tiny_models / "pipelines/tiny-sd15")}}},
               "methods": {"full": {"model": "m", "train": {"prompts": "p"}}}}
-    loaded = load_method_pipeline(config, "full", models_root=tiny_models, train_root=tmp_path)
+    loaded = load_method_pipeline(config, "full", models_root=tiny_models, lora=out)
     assert all(torch.equal(v, after[k]) for k, v in loaded.unet.state_dict().items())
     with pytest.raises(FileNotFoundError, match="holds neither pytorch_lora_weights.safetensors nor unet/"):
-        load_method_pipeline(config, "full", models_root=tiny_models, train_root=tmp_path / "none")
+        load_method_pipeline(config, "full", models_root=tiny_models, lora=tmp_path / "none" / "full")
 
 
 def test_a_killed_full_unet_run_resumes_to_the_same_unet(tiny_models, pairs_dir, tmp_path, monkeypatch):

@@ -86,3 +86,19 @@ def test_every_image_scored_and_bad_image_refused(small_config, tiny_models, rep
 def test_unfinished_shard_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a finished generation shard"):
         read_manifest(tmp_path)
+
+
+def test_a_trained_method_needs_its_training_output_and_no_other_method_takes_one(small_config,
+                                                                                   tiny_models):
+    """The generate rule passes --lora only for a method with a `train` block; a missing or stray
+    one is an error before anything loads, never a silently untrained (or ignored) LoRA."""
+    import re
+
+    from spo.layout import train_dir
+    from spo.models.pipelines import load_method_pipeline
+
+    with pytest.raises(ValueError, match=r"has a `train` block: pass its training output folder.*"
+                                         + re.escape(f"--lora {train_dir('tiny-sd15-spo')}")):
+        load_method_pipeline(small_config, "tiny-sd15-spo", models_root=tiny_models)
+    with pytest.raises(ValueError, match=r"'tiny-sd15-base' has no `train` block"):
+        load_method_pipeline(small_config, "tiny-sd15-base", models_root=tiny_models, lora="x")

@@ -21,7 +21,8 @@ def spm_world(tiny_models, tiny_pickscore, tmp_path_factory, repo_root, random_i
     import shutil
 
     from spo.config import load_config, validate_config
-    from spo.spm.stage import make_pairs, pickscore_init_dir
+    from spo.layout import pickscore_init_dir
+    from spo.spm.stage import make_pairs
 
     root = tmp_path_factory.mktemp("spm")
     prompts = root / "prompts.tsv"

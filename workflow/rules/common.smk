@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 from spo.config import ConfigError, evaluated_methods, evaluated_pairs, evaluated_prompt_sets, load_yaml, resolve_config, validate_config
+from spo import layout
 from spo.io import stable_hash, write_text_atomic
 
 import yaml
@@ -34,7 +35,7 @@ from spo.environment import check_install, mismatch_message
 if not workflow.remote_exec and check_install():
     logger.warning(f"WARNING: {mismatch_message(check_install())}")
 
-RESOLVED_CONFIG = f"results/config/{stable_hash(CONFIG)}.yaml"
+RESOLVED_CONFIG = layout.resolved_config(stable_hash(CONFIG))
 
 
 def write_resolved_config():
@@ -53,7 +54,8 @@ onstart:
 
 
 PYTHON = sys.executable
-MODELS_ROOT = "results/models"
+# Stages that read many models under one root get it as --models-root (spo/layout.py names it).
+MODELS_ROOT = layout.MODELS_ROOT
 
 
 wildcard_constraints:
@@ -74,9 +76,7 @@ def n_shards(prompt_set):
 
 
 def shard_dirs(method, prompt_set):
-    return [
-        f"results/images/{method}/{prompt_set}/shard-{i}" for i in range(n_shards(prompt_set))
-    ]
+    return [layout.shard_dir(method, prompt_set, i) for i in range(n_shards(prompt_set))]
 
 
 def all_shard_dirs():
@@ -103,7 +103,7 @@ def metric_group(name):
 
 def score_files():
     return [
-        f"results/scores/{group}/{method}/{prompt_set}/shard-{i}.parquet"
+        layout.score_file(group, method, prompt_set, i)
         for group in scoring_groups()
         for method, prompt_set in evaluated_pairs(CONFIG, scored=True)
         for i in range(n_shards(prompt_set))
@@ -112,7 +112,7 @@ def score_files():
 
 def table_files():
     return [
-        f"results/tables/{prompt_set}.{ext}"
+        layout.table_file(prompt_set, ext)
         for prompt_set in evaluated_prompt_sets(CONFIG, scored=True)
         for ext in ("csv", "md")
     ]
@@ -126,7 +126,7 @@ def model_inputs(model):
 
     spec = CONFIG["models"][model]
     if "tiny" in spec["source"]:
-        return {"model": f"{MODELS_ROOT}/pipelines/{model}"}
+        return {"model": layout.tiny_pipeline_dir(model)}
     manifests = {shipped_manifest(spec[k]) for k in ("source", "vae", "unet") if k in spec} - {None}
     return {"world": sorted(manifests)} if manifests else {}
 
@@ -159,17 +159,32 @@ def fetch_prompt_set(wildcards):
     raise WorkflowError(f"no prompt set with a url source of sha256 {wildcards.checksum}...")
 
 
+def transferred_lora_method(method):
+    """The trained method whose LoRA `methods.<method>.lora: {path}` loads (LoRA transfer), or
+    None; a path into the training outputs that names no trained method stops the DAG."""
+    try:
+        return layout.lora_transfer_method(CONFIG, method)
+    except layout.LayoutError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
 def generate_inputs(wildcards):
+    """What generating a shard reads. `lora`: the method's own training output, passed to the
+    stage as --lora; `transferred_lora`: another method's training output that the method's
+    config `lora: {path}` names (LoRA transfer), only waited for: the stage reads that path from
+    the config like any released LoRA."""
     inputs = {**tiny_model_inputs(wildcards), **prompt_file_inputs(wildcards)}
     if "train" in CONFIG["methods"][wildcards.method]:
-        inputs["lora"] = f"results/train/{wildcards.method}"
-    # A released-style `lora: {path: results/train/<m>}` that points at another method's training
-    # output (LoRA transfer, the figures' lora_transfer): generation waits for that training.
-    lora_path = (CONFIG["methods"][wildcards.method].get("lora") or {}).get("path", "")
-    parts = Path(lora_path).parts
-    if parts[:2] == ("results", "train") and len(parts) >= 3 and "train" in CONFIG["methods"].get(parts[2], {}):
-        inputs["lora"] = f"results/train/{parts[2]}"
+        inputs["lora"] = layout.train_dir(wildcards.method)
+    transferred = transferred_lora_method(wildcards.method)
+    if transferred is not None:
+        inputs["transferred_lora"] = layout.train_dir(transferred)
     return inputs
+
+
+def generate_lora_arg(wildcards, input):
+    """--lora <the method's training output> for a trained method, nothing for the others."""
+    return f"--lora {input.lora}" if "lora" in input.keys() else ""
 
 
 def train_inputs(wildcards):
@@ -179,16 +194,16 @@ def train_inputs(wildcards):
     if train.get("algorithm") == "diffusion-dpo":
         # Offline: the train split of the pair dataset (prompts and labels included; the tiny
         # pairs carry their latents, real ones are VAE-encoded by the trainer).
-        inputs["pairs"] = f"results/spm/pairs/{train['diffusion_dpo']['data']}/train"
+        inputs["pairs"] = layout.spm_pairs_dir(train["diffusion_dpo"]["data"], "train")
         return inputs
     inputs.update(prompt_source_inputs(train["prompts"]))
     preference = train.get("preference") or {}
     if preference.get("name") in ("spm", "spm-no-step") and "run" in preference:
-        inputs["preference"] = f"{MODELS_ROOT}/spm/{preference['run']}"
+        inputs["preference"] = layout.spm_model_dir(preference["run"])
     # `pickscore` without a `path` reads the SPM's initialisation; the tiny one is a DAG output.
     spm_init = ((CONFIG.get("spm") or {}).get("pickscore") or {}).get("model", {})
     if preference.get("name") == "pickscore" and "path" not in preference and "tiny" in spm_init:
-        inputs["preference"] = f"{MODELS_ROOT}/spm-init/pickscore"
+        inputs["preference"] = layout.pickscore_init_dir()
     return inputs
 
 
@@ -217,7 +232,7 @@ def train_fingerprint(wildcards):
 def train_checkpoints(wildcards):
     # One folder per training fingerprint: a run whose `train:` block, base model, prompts or
     # preference model config changed must start afresh, not resume the old run's checkpoints.
-    return f"results/checkpoints/train/{wildcards.method}/{train_fingerprint(wildcards)}"
+    return layout.train_checkpoints(wildcards.method, train_fingerprint(wildcards))
 
 
 def train_launcher(wildcards, resources):
@@ -233,7 +248,7 @@ def tiny_metric_inputs(wildcards):
 
     weights = {m: (CONFIG["metrics"][m].get("weights") or {}) for m in metric_group(wildcards.scoring)}
     return {
-        "weights": [f"{MODELS_ROOT}/metrics/{m}" for m, w in weights.items()
+        "weights": [layout.tiny_metric_dir(m) for m, w in weights.items()
                     if any("tiny" in s for s in w.values())],
         # weights of the shipped tiny world (the tiny PickScore): a rebuilt world rescores
         "world": sorted({shipped_manifest(s) for w in weights.values() for s in w.values()} - {None}),
@@ -272,13 +287,10 @@ def tables_dir(wildcards, output):
 
 
 # The tiny world's pretraining (workflow/rules/pretrain.smk).
-PRETRAIN_ROOT = "results/tiny-world"
-
-
 def pretrain_fingerprint(wildcards=None):
     return stable_hash(CONFIG.get("world") or {})
 
 
 def pretrain_checkpoints(wildcards):
     # one folder per recipe: a changed `world` block starts afresh instead of resuming stale state
-    return f"results/checkpoints/tiny-world/{pretrain_fingerprint()}/{wildcards.part}"
+    return layout.pretrain_checkpoints(pretrain_fingerprint(), wildcards.part)

@@ -5,20 +5,18 @@ rule generate:
     input:
         unpack(generate_inputs),
     output:
-        directory("results/images/{method}/{prompt_set}/shard-{shard}"),
+        directory(layout.shard_dir("{method}", "{prompt_set}", "{shard}")),
     params:
         fingerprint=generate_fingerprint,
+        lora=generate_lora_arg,
     log:
-        "results/logs/generate/{method}/{prompt_set}/shard-{shard}.log",
+        layout.log_file("generate", "{method}/{prompt_set}/shard-{shard}"),
     benchmark:
-        "results/benchmarks/generate/{method}/{prompt_set}/shard-{shard}.tsv"
+        layout.benchmark_file("generate", "{method}/{prompt_set}/shard-{shard}")
     threads: job_threads("generate")
     resources:
-        gpu=job_resource("generate", "gpu"),
-        mem_mb=job_resource("generate", "mem_mb"),
-        runtime=job_resource("generate", "runtime"),
-        cpus_per_task=job_resource("generate", "cpus_per_task"),
+        **job_resources("generate"),
     shell:
         "{PYTHON} -m spo generate --config {RESOLVED_CONFIG} --method {wildcards.method}"
         " --prompt-set {wildcards.prompt_set} --shard {wildcards.shard}"
-        " --models-root {MODELS_ROOT} --threads {threads} --out {output} > {log} 2>&1"
+        " --models-root {MODELS_ROOT} {params.lora} --threads {threads} --out {output} > {log} 2>&1"

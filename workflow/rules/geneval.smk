@@ -1,5 +1,5 @@
 # Table 3 (GenEval, PAPER.md §3): our images in GenEval's folder layout, and GenEval's own
-# results.jsonl imported where the user put it (results/geneval/<method>/results.jsonl by default).
+# results.jsonl imported where the user put it (beside the layout by default: spo/layout.py).
 # GenEval's detector (mmdetection 2.x + Mask2Former) does not install from PyPI, so it runs outside
 # the DAG; without its results Table 3 says "GenEval not run" instead of failing.
 
@@ -8,13 +8,13 @@ rule geneval_layout:
     input:
         unpack(geneval_layout_inputs),
     output:
-        directory(LAYOUT_PATTERN),
+        directory(layout.geneval_layout_dir("{method}")),
     params:
         fingerprint=geneval_fingerprint,
     log:
-        "results/logs/geneval_layout/{method}.log",
+        layout.log_file("geneval_layout", "{method}"),
     benchmark:
-        "results/benchmarks/geneval_layout/{method}.tsv"
+        layout.benchmark_file("geneval_layout", "{method}")
     localrule: True
     shell:
         "{PYTHON} -m spo geneval-layout --config {RESOLVED_CONFIG} --method {wildcards.method}"
@@ -26,14 +26,14 @@ rule geneval_table:
         unpack(geneval_table_inputs),
     output:
         report(
-            "results/tables/table3_geneval.csv",
+            layout.table_file(layout.GENEVAL_TABLE, "csv"),
             caption="../report/table3_geneval.rst",
             category="Tables",
             subcategory="Table 3 (GenEval)",
             labels={"table": "Table 3 (GenEval)", "format": "CSV"},
         ),
         report(
-            "results/tables/table3_geneval.md",
+            layout.table_file(layout.GENEVAL_TABLE, "md"),
             caption="../report/table3_geneval.rst",
             category="Tables",
             subcategory="Table 3 (GenEval)",
@@ -41,29 +41,30 @@ rule geneval_table:
         ),
     params:
         fingerprint=geneval_table_fingerprint,
+        out_prefix=geneval_table_prefix,
     log:
-        "results/logs/geneval_table.log",
+        layout.log_file("geneval_table"),
     benchmark:
-        "results/benchmarks/geneval_table.tsv"
+        layout.benchmark_file("geneval_table")
     localrule: True
     shell:
         "{PYTHON} -m spo geneval-table --config {RESOLVED_CONFIG} --layouts {input.layouts}"
-        " --out results/tables/table3_geneval > {log} 2>&1"
+        " --out {params.out_prefix} > {log} 2>&1"
 
 
 # The tiny profile (geneval.detector: adherence): the DAG scores its own layout with the tiny world's
 # analytic detector, writing GenEval's results.jsonl format where a GenEval run would put it.
 rule geneval_detect:
     input:
-        layout=LAYOUT_PATTERN,
+        layout=layout.geneval_layout_dir("{method}"),
     output:
-        RESULTS_PATTERN,
+        layout.geneval_results_file("{method}"),
     params:
         fingerprint=geneval_fingerprint,
     log:
-        "results/logs/geneval_detect/{method}.log",
+        layout.log_file("geneval_detect", "{method}"),
     benchmark:
-        "results/benchmarks/geneval_detect/{method}.tsv"
+        layout.benchmark_file("geneval_detect", "{method}")
     localrule: True
     shell:
         "{PYTHON} -m spo geneval-detect --config {RESOLVED_CONFIG} --layout {input.layout}"

@@ -1,6 +1,6 @@
 # Table 3 (GenEval): target lists and input functions for workflow/rules/geneval.smk. No ML logic
 # here; the library is spo/report/geneval.py.
-from spo.report.geneval import LAYOUT_PATTERN, RESULTS_PATTERN
+from spo.report.geneval import RESULTS_PATTERN  # `geneval.results`' default, from spo/layout.py
 
 GENEVAL = CONFIG.get("geneval") or {"enabled": False}
 
@@ -23,7 +23,7 @@ def geneval_methods():
 
 
 def geneval_layout_dirs():
-    return [LAYOUT_PATTERN.format(method=m) for m in geneval_methods()]
+    return [layout.geneval_layout_dir(m) for m in geneval_methods()]
 
 
 def geneval_results_file(method):
@@ -34,7 +34,7 @@ def geneval_results_file(method):
 def geneval_table_files():
     if not GENEVAL["enabled"]:
         return []
-    return [f"results/tables/table3_geneval.{ext}" for ext in ("csv", "md")]
+    return [layout.table_file(layout.GENEVAL_TABLE, ext) for ext in ("csv", "md")]
 
 
 def geneval_layout_inputs(wildcards):
@@ -48,9 +48,14 @@ def geneval_table_inputs(wildcards):
     Table 3 and imports it)."""
     if GENEVAL.get("detector"):
         return {"layouts": geneval_layout_dirs(),
-                "results": [RESULTS_PATTERN.format(method=m) for m in geneval_methods()]}
+                "results": [layout.geneval_results_file(m) for m in geneval_methods()]}
     return {"layouts": geneval_layout_dirs(),
             "results": [f for m in geneval_methods() if Path(f := geneval_results_file(m)).is_file()]}
+
+
+def geneval_table_prefix(wildcards, output):
+    """The outputs' path without suffix: the stage writes <prefix>.csv and <prefix>.md."""
+    return str(Path(output[0]).with_suffix(""))
 
 
 def geneval_fingerprint(wildcards):

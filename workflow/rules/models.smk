@@ -3,19 +3,16 @@
 
 rule tiny_pipeline:
     output:
-        directory(f"{MODELS_ROOT}/pipelines/{{model}}"),
+        directory(layout.tiny_pipeline_dir("{model}")),
     params:
         fingerprint=model_fingerprint,
     log:
-        "results/logs/tiny_pipeline/{model}.log",
+        layout.log_file("tiny_pipeline", "{model}"),
     benchmark:
-        "results/benchmarks/tiny_pipeline/{model}.tsv"
+        layout.benchmark_file("tiny_pipeline", "{model}")
     threads: job_threads("tiny_pipeline")
     resources:
-        gpu=job_resource("tiny_pipeline", "gpu"),
-        mem_mb=job_resource("tiny_pipeline", "mem_mb"),
-        runtime=job_resource("tiny_pipeline", "runtime"),
-        cpus_per_task=job_resource("tiny_pipeline", "cpus_per_task"),
+        **job_resources("tiny_pipeline"),
     shell:
         "{PYTHON} -m spo tiny-model --config {RESOLVED_CONFIG} --model {wildcards.model}"
         " --threads {threads} --out {output} > {log} 2>&1"
@@ -23,19 +20,16 @@ rule tiny_pipeline:
 
 rule tiny_metric:
     output:
-        directory(f"{MODELS_ROOT}/metrics/{{metric}}"),
+        directory(layout.tiny_metric_dir("{metric}")),
     params:
         fingerprint=metric_fingerprint,
     log:
-        "results/logs/tiny_metric/{metric}.log",
+        layout.log_file("tiny_metric", "{metric}"),
     benchmark:
-        "results/benchmarks/tiny_metric/{metric}.tsv"
+        layout.benchmark_file("tiny_metric", "{metric}")
     threads: job_threads("tiny_metric")
     resources:
-        gpu=job_resource("tiny_metric", "gpu"),
-        mem_mb=job_resource("tiny_metric", "mem_mb"),
-        runtime=job_resource("tiny_metric", "runtime"),
-        cpus_per_task=job_resource("tiny_metric", "cpus_per_task"),
+        **job_resources("tiny_metric"),
     shell:
         "{PYTHON} -m spo tiny-model --config {RESOLVED_CONFIG} --metric {wildcards.metric}"
         " --threads {threads} --out {output} > {log} 2>&1"

@@ -1,5 +1,5 @@
 # The paper's Tables 1, 2 and 4-9 beside ours (issue 7): for each row the paper's number, our mean,
-# ours - paper and our bootstrap CI over prompts, as results/paper_tables/table<N>.{csv,md,tex}.
+# ours - paper and our bootstrap CI over prompts, as layout.paper_table_file(<N>, csv / md / tex).
 # Rows come from `methods.<name>.paper: {table, row}`, the paper's numbers from
 # data/paper/tables.yaml (spo/report/paper_numbers.py); one job per table reads only the score
 # files of that table's rows (spo/report/paper_tables.py). A table with no row in the config is
@@ -15,7 +15,7 @@ try:
 except (PaperTableError, PaperNumbersError) as exc:
     raise WorkflowError(str(exc)) from None
 PAPER_TABLE_FILES = [
-    f"results/paper_tables/table{n}.{ext}" for n in REBUILT_TABLES for ext in ("csv", "md", "tex")
+    layout.paper_table_file(n, ext) for n in REBUILT_TABLES for ext in ("csv", "md", "tex")
 ]
 PAPER_TABLE_TITLES = {
     n: load_paper_numbers(Path(workflow.basedir) / PAPER_NUMBERS).tables[n].title
@@ -27,7 +27,7 @@ rule paper_tables:
     input:
         numbers=PAPER_NUMBERS,
         scores=lambda wildcards: [
-            f"results/scores/{group}/{method}/{plan.prompt_set}/shard-{i}.parquet"
+            layout.score_file(group, method, plan.prompt_set, i)
             for plan in [PAPER_TABLE_PLANS[int(wildcards.table)]]
             for group in scoring_groups()
             for method in plan.methods
@@ -35,20 +35,20 @@ rule paper_tables:
         ],
     output:
         csv=report(
-            "results/paper_tables/table{table}.csv",
+            layout.paper_table_file("{table}", "csv"),
             caption="../report/table_paper.rst",
             category="Tables",
             subcategory="Table {table} (paper vs ours)",
             labels={"table": "Table {table} (paper vs ours)", "format": "CSV"},
         ),
         md=report(
-            "results/paper_tables/table{table}.md",
+            layout.paper_table_file("{table}", "md"),
             caption="../report/table_paper.rst",
             category="Tables",
             subcategory="Table {table} (paper vs ours)",
             labels={"table": "Table {table} (paper vs ours)", "format": "Markdown"},
         ),
-        tex="results/paper_tables/table{table}.tex",
+        tex=layout.paper_table_file("{table}", "tex"),
     params:
         fingerprint=lambda wildcards: stable_hash(
             [
@@ -62,17 +62,14 @@ rule paper_tables:
         title=lambda wildcards: PAPER_TABLE_TITLES[int(wildcards.table)],
         out_dir=tables_dir,  # the outputs' folder (common.smk)
     log:
-        "results/logs/paper_tables/table{table}.log",
+        layout.log_file("paper_tables", "table{table}"),
     benchmark:
-        "results/benchmarks/paper_tables/table{table}.tsv"
+        layout.benchmark_file("paper_tables", "table{table}")
     wildcard_constraints:
         table="|".join(str(n) for n in REBUILT_TABLES),
     threads: job_threads("tables")
     resources:
-        gpu=job_resource("tables", "gpu"),
-        mem_mb=job_resource("tables", "mem_mb"),
-        runtime=job_resource("tables", "runtime"),
-        cpus_per_task=job_resource("tables", "cpus_per_task"),
+        **job_resources("tables"),
     shell:
         "{PYTHON} -m spo paper-tables --config {RESOLVED_CONFIG} --paper-numbers {input.numbers}"
         " --tables {wildcards.table} --scores {input.scores} --out {params.out_dir} > {log} 2>&1"

@@ -1,9 +1,9 @@
 # The tiny world's pretraining (issue 16; spo/world): not part of the default target, because its
 # result ships with the repository (data/tiny-world/). `snakemake --cores 2 pretrain_tiny` rebuilds
-# every part into results/tiny-world/parts/, assembles results/tiny-world/release/ with its
-# manifest, and writes results/tiny-world/reproduction.json: whether the build reproduces the shipped
-# files' sha256 hashes. Parts that do not depend on each other run in parallel (2 cores, alone:
-# 46 min 50 s measured, every shipped hash reproduced: docs/tiny-world.md).
+# every part, assembles the release with its manifest, and writes a report of whether the build
+# reproduces the shipped files' sha256 hashes (paths: the pretrain_* functions of spo/layout.py).
+# Parts that do not depend on each other run in parallel (2 cores, alone: 46 min 50 s measured,
+# every shipped hash reproduced: docs/tiny-world.md).
 # clip-b waits for clip-a although it does not read it: on 2 cores the VAE (the longest first
 # part) then starts at once, beside clip-a, instead of after whichever CLIP finishes first.
 PRETRAIN_NEEDS = {"vae": [], "clip-a": [], "clip-b": ["clip-a"], "pickscore": ["clip-b"],
@@ -12,9 +12,9 @@ PRETRAIN_NEEDS = {"vae": [], "clip-a": [], "clip-b": ["clip-a"], "pickscore": ["
 
 rule pretrain_tiny_part:
     input:
-        lambda wildcards: [f"{PRETRAIN_ROOT}/parts/{p}" for p in PRETRAIN_NEEDS[wildcards.part]],
+        lambda wildcards: [layout.pretrain_part_dir(p) for p in PRETRAIN_NEEDS[wildcards.part]],
     output:
-        directory(f"{PRETRAIN_ROOT}/parts/{{part}}"),
+        directory(layout.pretrain_part_dir("{part}")),
     wildcard_constraints:
         part="|".join(PRETRAIN_NEEDS),
     params:
@@ -22,9 +22,9 @@ rule pretrain_tiny_part:
         checkpoints=pretrain_checkpoints,
         parts=lambda wildcards, output: Path(output[0]).parent,
     log:
-        "results/logs/pretrain_tiny/{part}.log",
+        layout.log_file("pretrain_tiny", "{part}"),
     benchmark:
-        "results/benchmarks/pretrain_tiny/{part}.tsv"
+        layout.benchmark_file("pretrain_tiny", "{part}")
     threads: job_threads("pretrain_tiny")
     resources:
         **job_resources("pretrain_tiny"),
@@ -36,17 +36,17 @@ rule pretrain_tiny_part:
 
 rule pretrain_tiny:
     input:
-        [f"{PRETRAIN_ROOT}/parts/{p}" for p in PRETRAIN_NEEDS],
+        [layout.pretrain_part_dir(p) for p in PRETRAIN_NEEDS],
     output:
-        release=directory(f"{PRETRAIN_ROOT}/release"),
-        report=f"{PRETRAIN_ROOT}/reproduction.json",
+        release=directory(layout.pretrain_release_dir()),
+        report=layout.pretrain_reproduction_file(),
     params:
         fingerprint=pretrain_fingerprint,
         parts=lambda wildcards, input: Path(input[0]).parent,
     log:
-        "results/logs/pretrain_tiny/release.log",
+        layout.log_file("pretrain_tiny", "release"),
     benchmark:
-        "results/benchmarks/pretrain_tiny/release.tsv"
+        layout.benchmark_file("pretrain_tiny", "release")
     localrule: True
     shell:
         "{PYTHON} -m spo pretrain-tiny --config {RESOLVED_CONFIG} --part release"

@@ -6,21 +6,21 @@
 
 rule table_html:
     input:
-        "results/{kind}/{table}.csv",
+        layout.table_file("{table}", "csv", kind="{kind}"),
     output:
         report(
-            "results/report/{kind}/{table}.html",
+            layout.report_table_html("{kind}", "{table}"),
             caption="../report/table_html.rst",
             category="Tables",
             subcategory=report_table_subcategory,
             labels=report_table_labels,
         ),
     log:
-        "results/logs/table_html/{kind}/{table}.log",
+        layout.log_file("table_html", "{kind}/{table}"),
     benchmark:
-        "results/benchmarks/table_html/{kind}/{table}.tsv"
+        layout.benchmark_file("table_html", "{kind}/{table}")
     wildcard_constraints:
-        kind="tables|paper_tables",
+        kind="|".join(layout.TABLE_KINDS),
         table="[A-Za-z0-9][A-Za-z0-9_.-]*",
     localrule: True
     shell:

@@ -5,23 +5,24 @@
 def report_table_html_files():
     """The tables shown inline in the report: one per evaluated prompt set, Table 3 (GenEval), and
     the paper-vs-ours tables (workflow/rules/paper_tables.smk)."""
-    files = [f"results/report/tables/{name}.html" for name in evaluated_prompt_sets(CONFIG, scored=True)]
+    files = [layout.report_table_html(layout.TABLES, name)
+             for name in evaluated_prompt_sets(CONFIG, scored=True)]
     if geneval_table_files():
-        files.append("results/report/tables/table3_geneval.html")
+        files.append(layout.report_table_html(layout.TABLES, layout.GENEVAL_TABLE))
     files += [
-        f"results/report/paper_tables/{Path(f).stem}.html"
+        layout.report_table_html(layout.PAPER_TABLES, Path(f).stem)
         for f in globals().get("PAPER_TABLE_FILES", [])
         if f.endswith(".csv")
     ]
     return files
 
 
-TABLE_TITLES = {"table3_geneval": "Table 3 (GenEval)"}
+TABLE_TITLES = {layout.GENEVAL_TABLE: "Table 3 (GenEval)"}
 
 
 def report_table_title(kind, name):
     """The report subcategory of a table: the one its CSV and Markdown files are filed under."""
-    if kind == "paper_tables":
+    if kind == layout.PAPER_TABLES:
         return f"Table {name.removeprefix('table')} (paper vs ours)"
     return TABLE_TITLES.get(name, name)
 

@@ -49,19 +49,16 @@ def _is_tiny(source):
     return is_tiny_source(source)
 
 
-def _is_trained_output(source):
-    """A `path:` into results/train/<m> of a method of this config: sized by <m>'s base model."""
-    parts = Path(source.get("path", "")).parts
-    return parts[:2] == ("results", "train") and len(parts) >= 3 and parts[2] in CONFIG["methods"]
-
-
 def _job_kind(rule_name, wildcards):
     """'gpu' when the job loads a real network, else 'cpu'."""
     if rule_name in ("generate", "train"):
         method = CONFIG["methods"][wildcards.method]
         sources = [CONFIG["models"][method["model"]]["source"]]
-        sources += [method[key] for key in ("unet", "lora") if key in method
-                    and not _is_trained_output(method[key])]
+        # A transferred LoRA (`lora: {path}` into another method's training output) is a DAG
+        # output, not a checkpoint to size for: its training was sized by the models it read.
+        transferred = transferred_lora_method(wildcards.method) is not None
+        sources += [method[key] for key in ("unet", "lora")
+                    if key in method and not (key == "lora" and transferred)]
         return "cpu" if all(_is_tiny(s) for s in sources) else "gpu"
     if rule_name in ("spm_latents", "train_spm"):
         model = wildcards.model if rule_name == "spm_latents" else _spm_run(wildcards.run)["model"]

@@ -6,22 +6,19 @@
 rule score:
     input:
         unpack(tiny_metric_inputs),
-        shard="results/images/{method}/{prompt_set}/shard-{shard}",
+        shard=layout.shard_dir("{method}", "{prompt_set}", "{shard}"),
     output:
-        "results/scores/{scoring}/{method}/{prompt_set}/shard-{shard}.parquet",
+        layout.score_file("{scoring}", "{method}", "{prompt_set}", "{shard}"),
     params:
         fingerprint=scoring_fingerprint,
         metrics=scoring_metrics,
     log:
-        "results/logs/score/{scoring}/{method}/{prompt_set}/shard-{shard}.log",
+        layout.log_file("score", "{scoring}/{method}/{prompt_set}/shard-{shard}"),
     benchmark:
-        "results/benchmarks/score/{scoring}/{method}/{prompt_set}/shard-{shard}.tsv"
+        layout.benchmark_file("score", "{scoring}/{method}/{prompt_set}/shard-{shard}")
     threads: job_threads("score")
     resources:
-        gpu=job_resource("score", "gpu"),
-        mem_mb=job_resource("score", "mem_mb"),
-        runtime=job_resource("score", "runtime"),
-        cpus_per_task=job_resource("score", "cpus_per_task"),
+        **job_resources("score"),
     shell:
         "{PYTHON} -m spo score --config {RESOLVED_CONFIG} --metric {params.metrics}"
         " --shards {input.shard} --models-root {MODELS_ROOT} --threads {threads}"

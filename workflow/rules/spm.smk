@@ -1,17 +1,17 @@
 # The step-aware preference model (issue 4): pairs -> (latent cache) -> train-spm per run.
-# Paths: spo/spm/stage.py. Every run in `spm.runs` is a target of `rule all` (spm_files()).
+# Paths: spo/layout.py. Every run in `spm.runs` is a target of `rule all` (spm_files()).
 # Functions: workflow/rules/spm_common.smk.
 
 
 rule spm_tiny_pickscore:
     output:
-        directory(f"{MODELS_ROOT}/spm-init/pickscore"),
+        directory(layout.pickscore_init_dir()),
     params:
         fingerprint=lambda wildcards: stable_hash(_spm()["pickscore"]),
     log:
-        "results/logs/spm_tiny_pickscore.log",
+        layout.log_file("spm_tiny_pickscore"),
     benchmark:
-        "results/benchmarks/spm_tiny_pickscore.tsv"
+        layout.benchmark_file("spm_tiny_pickscore")
     threads: 1
     shell:
         "{PYTHON} -m spo tiny-model --config {RESOLVED_CONFIG} --spm-pickscore"
@@ -22,15 +22,15 @@ rule spm_pairs:
     input:
         unpack(spm_pairs_inputs),
     output:
-        directory("results/spm/pairs/{dataset}/{split}"),
+        directory(layout.spm_pairs_dir("{dataset}", "{split}")),
     wildcard_constraints:
         split="train|validation",
     params:
         fingerprint=spm_data_fingerprint,
     log:
-        "results/logs/spm_pairs/{dataset}/{split}.log",
+        layout.log_file("spm_pairs", "{dataset}/{split}"),
     benchmark:
-        "results/benchmarks/spm_pairs/{dataset}/{split}.tsv"
+        layout.benchmark_file("spm_pairs", "{dataset}/{split}")
     threads: 1
     shell:
         "{PYTHON} -m spo spm-pairs --config {RESOLVED_CONFIG} --dataset {wildcards.dataset}"
@@ -44,52 +44,46 @@ rule spm_latents:
     input:
         unpack(spm_latents_inputs),
     output:
-        directory("results/spm/latents/{dataset}/{split}/{model}"),
+        directory(layout.spm_latents_dir("{dataset}", "{split}", "{model}")),
     wildcard_constraints:
         split="train|validation",
     params:
         fingerprint=model_fingerprint,
         resolution=spm_latent_resolution,
     log:
-        "results/logs/spm_latents/{dataset}/{split}/{model}.log",
+        layout.log_file("spm_latents", "{dataset}/{split}/{model}"),
     benchmark:
-        "results/benchmarks/spm_latents/{dataset}/{split}/{model}.tsv"
+        layout.benchmark_file("spm_latents", "{dataset}/{split}/{model}")
     threads: job_threads("spm_latents")
     resources:
-        gpu=job_resource("spm_latents", "gpu"),
-        mem_mb=job_resource("spm_latents", "mem_mb"),
-        runtime=job_resource("spm_latents", "runtime"),
-        cpus_per_task=job_resource("spm_latents", "cpus_per_task"),
+        **job_resources("spm_latents"),
     shell:
         "{PYTHON} -m spo spm-latents --config {RESOLVED_CONFIG} --pairs {input.pairs}"
         " --model {wildcards.model} {params.resolution} --models-root {MODELS_ROOT}"
         " --threads {threads} --out {output} > {log} 2>&1"
 
 
-# Checkpoints (results/spm/<run>/checkpoints) are not outputs: Snakemake keeps them when a job
+# Checkpoints (layout.spm_checkpoints) are not outputs: Snakemake keeps them when a job
 # fails or is killed, and the rerun resumes from the newest one.
 rule train_spm:
     input:
         unpack(train_spm_inputs),
     output:
-        model=directory(f"{MODELS_ROOT}/spm/{{run}}"),
-        validation="results/spm/{run}/validation.csv",
+        model=directory(layout.spm_model_dir("{run}")),
+        validation=layout.spm_validation_csv("{run}"),
     params:
         fingerprint=spm_run_fingerprint,
         latents=train_spm_latent_args,
         checkpoints=spm_checkpoints,
         launcher=train_launcher,
     log:
-        "results/logs/train_spm/{run}.log",
+        layout.log_file("train_spm", "{run}"),
     benchmark:
-        "results/benchmarks/train_spm/{run}.tsv"
+        layout.benchmark_file("train_spm", "{run}")
     priority: 10  # on the way to the SPO training that needs it (train.smk)
     threads: job_threads("train_spm")
     resources:
-        gpu=job_resource("train_spm", "gpu"),
-        mem_mb=job_resource("train_spm", "mem_mb"),
-        runtime=job_resource("train_spm", "runtime"),
-        cpus_per_task=job_resource("train_spm", "cpus_per_task"),
+        **job_resources("train_spm"),
     shell:
         "{PYTHON} -m {params.launcher}spo train-spm --config {RESOLVED_CONFIG} --run {wildcards.run}"
         " --pairs {input.pairs} --val-pairs {input.val_pairs} {params.latents}"

@@ -28,7 +28,7 @@ def spm_files():
     return [
         out
         for run in _used_spm_runs()
-        for out in (f"{MODELS_ROOT}/spm/{run}", f"results/spm/{run}/validation.csv")
+        for out in (layout.spm_model_dir(run), layout.spm_validation_csv(run))
     ]
 
 
@@ -41,7 +41,7 @@ def spm_pairs_inputs(wildcards):
 
 
 def spm_latents_inputs(wildcards):
-    return {"pairs": f"results/spm/pairs/{wildcards.dataset}/{wildcards.split}",
+    return {"pairs": layout.spm_pairs_dir(wildcards.dataset, wildcards.split),
             **model_inputs(wildcards.model)}
 
 
@@ -49,16 +49,16 @@ def train_spm_inputs(wildcards):
     run = _spm_run(wildcards.run)
     data, model = run["data"], run["model"]
     out = {
-        "pairs": f"results/spm/pairs/{data}/train",
-        "val_pairs": f"results/spm/pairs/{data}/validation",
+        "pairs": layout.spm_pairs_dir(data, "train"),
+        "val_pairs": layout.spm_pairs_dir(data, "validation"),
     }
     # Tiny pairs carry the generation's own latents; real pairs use the cached VAE latents.
     if not _spm_dataset_is_tiny(data):
-        out["latents"] = f"results/spm/latents/{data}/train/{model}"
-        out["val_latents"] = f"results/spm/latents/{data}/validation/{model}"
+        out["latents"] = layout.spm_latents_dir(data, "train", model)
+        out["val_latents"] = layout.spm_latents_dir(data, "validation", model)
     out.update(model_inputs(model))
     if "tiny" in _spm()["pickscore"]["model"]:
-        out["pickscore"] = f"{MODELS_ROOT}/spm-init/pickscore"
+        out["pickscore"] = layout.pickscore_init_dir()
     return out
 
 
@@ -88,4 +88,4 @@ def spm_data_fingerprint(wildcards):
 
 def spm_checkpoints(wildcards):
     # Per fingerprint: a changed run or data set starts afresh instead of resuming stale state.
-    return f"results/spm/{wildcards.run}/checkpoints/{spm_run_fingerprint(wildcards)}"
+    return layout.spm_checkpoints(wildcards.run, spm_run_fingerprint(wildcards))

@@ -21,15 +21,12 @@ rule tables:
         fingerprint=tables_fingerprint,
         out_dir=tables_dir,
     log:
-        "results/logs/tables.log",
+        layout.log_file("tables"),
     benchmark:
-        "results/benchmarks/tables.tsv"
+        layout.benchmark_file("tables")
     threads: job_threads("tables")
     resources:
-        gpu=job_resource("tables", "gpu"),
-        mem_mb=job_resource("tables", "mem_mb"),
-        runtime=job_resource("tables", "runtime"),
-        cpus_per_task=job_resource("tables", "cpus_per_task"),
+        **job_resources("tables"),
     shell:
         "{PYTHON} -m spo tables --config {RESOLVED_CONFIG} --scores {input.scores}"
         " --out {params.out_dir} > {log} 2>&1"

@@ -8,7 +8,7 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        directory("results/train/{method}"),
+        directory(layout.train_dir("{method}")),
     params:
         fingerprint=train_fingerprint,
         checkpoints=train_checkpoints,
@@ -16,18 +16,15 @@ rule train:
         # offline trainers (diffusion-dpo): their pair folder from train_inputs
         pairs=lambda wildcards, input: f"--pairs {input.pairs}" if "pairs" in input.keys() else "",
     log:
-        "results/logs/train/{method}.log",
+        layout.log_file("train", "{method}"),
     benchmark:
-        "results/benchmarks/train/{method}.tsv"
+        layout.benchmark_file("train", "{method}")
     # The trainings are the DAG's longest jobs: start each as soon as it can run, so that none is
     # left running alone on one core at the end (tiny DAG on 2 cores: a 40 s one-job tail before).
     priority: 10
     threads: job_threads("train")
     resources:
-        gpu=job_resource("train", "gpu"),
-        mem_mb=job_resource("train", "mem_mb"),
-        runtime=job_resource("train", "runtime"),
-        cpus_per_task=job_resource("train", "cpus_per_task"),
+        **job_resources("train"),
     shell:
         "{PYTHON} -m {params.launcher}spo train --config {RESOLVED_CONFIG} --method {wildcards.method}"
         " --checkpoints {params.checkpoints} --models-root {MODELS_ROOT} --threads {threads}"
@@ -36,13 +33,13 @@ rule train:
 
 rule fetch_prompts:
     output:
-        "results/prompts/{checksum}.json",
+        layout.fetched_prompts("{checksum}"),
     params:
         prompt_set=fetch_prompt_set,
     log:
-        "results/logs/fetch_prompts/{checksum}.log",
+        layout.log_file("fetch_prompts", "{checksum}"),
     benchmark:
-        "results/benchmarks/fetch_prompts/{checksum}.tsv"
+        layout.benchmark_file("fetch_prompts", "{checksum}")
     shell:
         "{PYTHON} -m spo fetch-prompts --config {RESOLVED_CONFIG} --prompt-set {params.prompt_set}"
         " --out {output} > {log} 2>&1"
