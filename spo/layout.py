@@ -36,7 +36,7 @@ def _join(*parts: Any) -> str:
     return posixpath.join(*(str(p) for p in parts))
 
 
-# --- roots (all under RESULTS: tests/unit/test_layout.py checks it) --------------------------
+# --- roots (all under RESULTS: tests/test_layout.py checks it) --------------------------
 MODELS_ROOT = "results/models"            # DAG-built models: tiny stand-ins, SPMs
 TRAIN_ROOT = "results/train"              # one folder per trained method
 CHECKPOINTS_ROOT = "results/checkpoints"  # resumable state, outside every rule's output

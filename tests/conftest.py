@@ -16,6 +16,15 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """One mark to deselect, `slow` (`pytest -m "not slow"`: the quick loop, under 3 minutes):
+    every test that runs Snakemake on the tiny DAG (the `workflow` mark, or a fixture that starts
+    the session's DAG run) is slow without saying so; others carry `@pytest.mark.slow` by hand."""
+    for item in items:
+        if item.get_closest_marker("workflow") or "tiny_dag_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_configure(config):
     try:
         import torch
@@ -114,7 +123,7 @@ def random_init_config(config):
 def tiny_dag_local(repo_root, tmp_path_factory):
     """The tiny DAG run locally once per session (`snakemake --cores 2`) on a fresh copy of the
     workflow files: ``(workdir, seconds)``. Tests that compare another way of running the DAG
-    (tests/slurm: through SLURM) against a local run share this one run."""
+    (tests/workflow/test_slurm_dag.py: through SLURM) against a local run share this one run."""
     import shutil
     import subprocess
     import sys

@@ -3,7 +3,7 @@
 One loader for SD-1.5 and SDXL; the family only picks the pipeline class. Every part is a config
 ``source`` (see ``spo.models.sources``), so hub models with pinned revisions, local folders and the
 tiny stand-ins the DAG builds all go through the same code. The released checkpoints come in four
-layouts, all read here (config/released.yaml lists the rows; tests/integration/test_released.py
+layouts, all read here (config/released.yaml lists the rows; tests/models/test_released.py
 writes a tiny checkpoint in each layout):
 
 * a merged pipeline (``SPO-Diffusion-Models/SPO-*_4k-p_10ep``): a ``models`` entry of its own;

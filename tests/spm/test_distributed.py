@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -35,6 +36,7 @@ def _worker(rank, world, port, config, models_root, root, out):
     torch.save(_train(config, models_root, root, out), out / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_processes_split_batches_and_agree(spm_world, spm_config, tmp_path):
     _, models_root, root = spm_world
     spm_config["spm"]["runs"]["tiny-sd15-spm"].update(steps=4, checkpoint_every=0, val_timesteps=[0])

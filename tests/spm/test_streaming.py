@@ -109,6 +109,7 @@ print(json.dumps({"peak_mb": peak, "phases": phases, "base_mb": base, "pairs_rea
 """
 
 
+@pytest.mark.slow
 def test_iterating_holds_a_batch_not_the_data_set(tmp_path):
     """2,000 pairs of 256x256 images (786 MB of image bytes, 3.1 GB decoded) + 65 MB of latents:
     two epochs of training batches (latents + metadata), one validation pass decoding every image

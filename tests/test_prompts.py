@@ -64,7 +64,7 @@ def test_train_and_eval_prompts_are_disjoint(repo_root, train, evaluation):
     assert not set(train.prompt) & set(evaluation.prompt)
 
 
-SHARED_4K = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data" / "4k_training_prompts.json"
+SHARED_4K = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "4k_training_prompts.json"
 SHA_4K = "804018fcb30bc9bed28a2a0518855bffd386675a3c5138f96b925071cbae6fc4"
 
 

@@ -50,6 +50,7 @@ def test_tiny_profile_asks_for_no_gpu(checkout):
     assert "tiny_pipeline" not in jobs and "tiny_metric" not in jobs  # nothing random-init
 
 
+@pytest.mark.slow
 def test_paper_profile_through_the_slurm_profile_shows_every_gpu_job(checkout):
     jobs = dry_run(checkout, "--profile", "profiles/slurm", "--configfile", "config/paper.yaml")
     generate = jobs["generate"]

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from spo.checkpoint import PREEMPTED_EXIT_CODE
@@ -43,6 +44,7 @@ def _train(config, out, ckpt, models_root, **popen):
                             text=True, **popen)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_the_rerun_matches(repo_root, tiny_models, tmp_path, random_init):
     from safetensors.torch import load_file
 

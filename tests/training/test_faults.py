@@ -3,7 +3,7 @@
 One test (or more) per finding: a diverging training (NaN recovery), resume keyed on every input,
 hints that work, errors instead of raw exceptions, and the smaller ones (atomic folder
 replacement, JSON logs without NaN, SIGTERM within a step; the dry run and the SLURM profile's
-signal lead time are in tests/unit/test_faults_workflow.py). Everything runs on the session's tiny
+signal lead time are in tests/workflow/test_faults_workflow.py). Everything runs on the session's tiny
 models in a few seconds.
 """
 

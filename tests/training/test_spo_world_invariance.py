@@ -8,6 +8,7 @@ import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -61,6 +62,7 @@ def _pairs_per_step(log_path) -> dict[int, int]:
     return counts
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_train_the_same_recipe(tiny_models, tmp_path):
     from spo.training.settings import TrainSettings
     from spo.training.spo_trainer import round_prompts

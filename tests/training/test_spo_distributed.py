@@ -3,6 +3,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -73,6 +74,7 @@ def _worker(rank, world, port, model_dir, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_update_like_one_with_the_same_global_batch(tiny_models, tmp_path):
     model_dir = str(tiny_models / "pipelines" / "tiny-sd15")
     single = _one_update(model_dir, 0, 1)

@@ -10,7 +10,7 @@ import pytest
 from spo import layout
 from spo.layout import LayoutError, lora_transfer_method, trained_method_of
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_paths_are_the_documented_ones():
