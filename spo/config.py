@@ -232,7 +232,7 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
     if config.get("world") is not None:
         out += _world_errors(config["world"])
     if config.get("figures"):  # issue 7: methods and prompt sets the figures name
-        from spo.report.figures import check_figures
+        from spo.figure_refs import check_figures
 
         out += check_figures(config)
     return out
