@@ -103,12 +103,13 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
     from spo.preference import build_preference
     from spo.prompts import load_prompt_set
     from spo.devices import process_device
-    from spo.training.settings import TrainSettings, trainer_for
+    from spo.config import train_settings
+    from spo.training.settings import trainer_for
 
     method_cfg = config["methods"][method]
     if "train" not in method_cfg:
         raise ValueError(f"method '{method}' has no 'train' block; nothing to train")
-    settings = TrainSettings.from_config(method_cfg["train"])
+    settings = train_settings(config, method)  # the object the config check parsed at load
     # Before any model is loaded: the global recipe must split over this launch's processes.
     from spo.training.batching import launch_world_size
 
@@ -119,10 +120,7 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
     resolution = (settings.resolution or config["generation"]["resolution"]
                   or default_resolution(pipe))
     extra: dict[str, Any] = {}
-    if settings.algorithm == "diffusion-dpo":
-        from spo.training.diffusion_dpo import check_dpo_config
-
-        check_dpo_config(config, settings)
+    if settings.algorithm == "diffusion-dpo":  # its pair dataset was checked at load
         # Offline: the pairs carry prompts and labels; no prompt set, no preference model.
         prompts, preference, extra = [], None, {"pairs": pairs, "latents": latents}
     else:
