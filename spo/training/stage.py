@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from spo.io import content_digest, sha256_file, stable_hash
+from spo.source_kind import source_kind
 
 
 def _digest(path: str | Path) -> str:
@@ -19,7 +20,7 @@ def source_digest(spec: dict[str, Any], tiny_dir: str | Path | None) -> str:
     from spo.models.sources import local_root, shipped_manifest
 
     sub = f"/{spec['subfolder']}" if spec.get("subfolder") else ""
-    if "id" in spec:
+    if source_kind(spec) == "hub":
         return f"hub {spec['id']}@{spec['revision']}{sub}"
     manifest = shipped_manifest(spec)
     if manifest is not None:
