@@ -160,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(threads)
-    return _STAGES[args.stage](config, args)
+    try:
+        return _STAGES[args.stage](config, args)
+    except ConfigError as exc:  # a setting a stage checks itself: the same exit code as at load
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _tiny_model(config, args) -> int:

@@ -20,10 +20,7 @@ import yaml
 
 from spo.config_messages import schema_error_message
 from spo.config_messages import suggest as _suggest
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid; the message names the key."""
+from spo.config_spec import ConfigError  # noqa: F401 (defined beside the typed settings it reports for)
 
 
 @lru_cache(maxsize=1)
@@ -232,7 +229,7 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
     if config.get("world") is not None:
         out += _world_errors(config["world"])
     if config.get("figures"):  # issue 7: methods and prompt sets the figures name
-        from spo.report.figures import check_figures
+        from spo.figure_refs import check_figures
 
         out += check_figures(config)
     return out
@@ -273,16 +270,23 @@ def _world_errors(block: dict[str, Any]) -> list[str]:
     return []
 
 
-def _train_errors(config: dict[str, Any], name: str, method: dict[str, Any]) -> list[str]:
-    """Check a method's ``train`` block with the trainer's own settings class, at DAG start."""
+def train_settings(config: dict[str, Any], method: str):
+    """``methods.<method>.train`` as a ``spo.training.settings.TrainSettings``. The config check
+    at load parses every block; the parse is memoised by content (``spo.config_spec.parse``), so
+    the training job gets that object back rather than parsing the mapping again."""
     from spo.training.settings import TrainSettings
 
+    return TrainSettings.from_config(config["methods"][method]["train"], key=f"methods.{method}.train")
+
+
+def _train_errors(config: dict[str, Any], name: str, method: dict[str, Any]) -> list[str]:
+    """A method's ``train`` block: its own keys (types, ranges, cross-field rules: the settings
+    classes), then what it names elsewhere in the config. All at DAG start."""
     key = f"methods.{name}.train"
     try:
-        settings = TrainSettings.from_config(method["train"])
-    except (ValueError, TypeError) as exc:
-        return [str(exc).replace("config key 'train.", f"config key '{key}.")
-                .replace("'train.", f"'{key}.")]
+        settings = train_settings(config, name)
+    except ConfigError as exc:
+        return exc.problems
     out = []
     if settings.prompts not in config["prompt_sets"]:
         out.append(f"config key '{key}.prompts' names prompt set '{settings.prompts}', which is not "

@@ -177,3 +177,121 @@ def test_tiny_controls_differ_from_their_method_only_in_the_preference(repo_root
         assert train == {k: v for k, v in recipe.items() if k not in ("preference", "seed")}, control
     assert config["tables"]["replicates"][f"tiny-{family}-{trained}-random"] == [
         f"tiny-{family}-{trained}-random-s{s}" for s in range(3)]
+
+
+# --- issue 19: every train key typed once, checked at load, one error type and message shape ---
+
+@pytest.mark.parametrize("method, key, value, expected", [
+    ("tiny-sd15-spo", "pair_mode", "best_worst",
+     "is 'best_worst'; it must be one of 'best-worst', 'random' (did you mean 'best-worst'?)"),
+    ("tiny-sd15-spo", "beta", -1, "is -1; it must be a number > 0"),
+    ("tiny-sd15-spo", "max_rounds", 0, "is 0; it must be an integer >= 1 or null"),
+    ("tiny-sd15-spo", "clamp_eps", 2, "is 2; it must be a number in (0, 1) or null"),
+    ("tiny-sd15-spo", "lora_rank", 0, "is 0; it must be an integer >= 1"),
+    ("tiny-sd15-spo", "num_inference_steps", 0, "is 0; it must be an integer >= 1"),
+    ("tiny-sd15-spo", "k", "four", "is 'four'; it must be an integer >= 2 (a pair needs two "
+                                   "candidates); it is a string, not a number"),
+    ("tiny-sd15-spo", "k", True, "is true; it must be an integer >= 2 (a pair needs two candidates); "
+                                 "true / false is not a number"),
+    ("tiny-sd15-spo", "lr", "1e-4", "is '1e-4'; it must be a number > 0; it is a string, not a number "
+                                    "(YAML reads 1e-4 as a string: a float needs a decimal point and "
+                                    "a signed exponent, write 1.0e-4)"),
+    ("tiny-sd15-spo", "timestep_range", [750, 0], "is [750, 0]; it must be [lo, hi], integers with "
+                                                  "0 <= lo <= hi"),
+    ("tiny-sd15-ddpo", "ddpo.clip_range", 0, "is 0; it must be a number > 0 (PPO clip range)"),
+    ("tiny-sd15-d3po", "d3po.timestep_fraction", 1.5, "is 1.5; it must be a number in (0, 1]"),
+    ("tiny-sd15-diffusion-dpo", "diffusion_dpo.beta", -1, "is -1; it must be a number > 0"),
+])
+def test_a_bad_train_value_is_a_config_error_naming_key_value_and_range(tiny_config, method, key,
+                                                                       value, expected):
+    block = tiny_config["methods"][method]["train"]
+    *parents, leaf = key.split(".")
+    for part in parents:
+        block = block[part]
+    block[leaf] = value
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_config)
+    assert f"config key 'methods.{method}.train.{key}' {expected}" in str(err.value)
+
+
+def test_train_cross_field_rules_are_checked_at_load(tiny_config):
+    methods = tiny_config["methods"]
+    methods["tiny-sd15-ddpo"]["train"]["eta"] = 0.0
+    methods["tiny-sd15-spo"]["train"]["ddpo"] = {"clip_range": 0.1}
+    methods["tiny-sd15-diffusion-dpo"]["train"]["diffusion_dpo"]["micro_batch"] = 48
+    with pytest.raises(ConfigError) as err:
+        validate_config(tiny_config)
+    msg = str(err.value)
+    assert "config key 'methods.tiny-sd15-ddpo.train.eta' is 0.0; algorithm 'ddpo' needs eta > 0" in msg
+    assert ("config key 'methods.tiny-sd15-spo.train.ddpo' is {'clip_range': 0.1}; it is given but "
+            "'methods.tiny-sd15-spo.train.algorithm' is 'spo'") in msg
+    assert ("config key 'methods.tiny-sd15-diffusion-dpo.train.diffusion_dpo.batch_size' is 64; it "
+            "must be a multiple of 'methods.tiny-sd15-diffusion-dpo.train.diffusion_dpo.micro_batch' (48)") in msg
+
+
+def test_the_training_job_uses_the_settings_parsed_at_load(tiny_config):
+    from spo.config import train_settings
+
+    validate_config(tiny_config)
+    spo = train_settings(tiny_config, "tiny-sd15-spo")
+    assert train_settings(tiny_config, "tiny-sd15-spo") is spo  # no second parse
+    assert (spo.k, spo.threshold, spo.timestep_range, spo.lr) == (4, 0.1, (0, 750), 2.0e-3)
+    ddpo = train_settings(tiny_config, "tiny-sd15-ddpo")
+    assert ddpo.algorithm_settings() is ddpo.algorithm_settings()
+    assert ddpo.algorithm_settings().images_per_prompt == 4
+    assert ddpo.for_world(1).algorithm_settings() is ddpo.algorithm_settings()
+
+
+def test_a_bad_value_exits_the_command_line_with_code_2(repo_root, tmp_path, monkeypatch, capsys):
+    from spo.__main__ import main
+
+    monkeypatch.chdir(repo_root)  # the overlay extends the embedded default config/config.yaml
+    bad = _write(tmp_path, {"methods": {"tiny-sd15-spo": {"train": {"beta": -1}}}})
+    code = main(["train", "--config", str(bad), "--out", str(tmp_path / "out"), "--method",
+                 "tiny-sd15-spo", "--checkpoints", str(tmp_path / "ckpt")])
+    assert code == 2
+    assert "config key 'methods.tiny-sd15-spo.train.beta' is -1" in capsys.readouterr().err
+
+
+def test_a_bad_value_stops_the_dry_run_of_the_dag(tmp_path):
+    """One Snakemake dry run (~15 s): the Snakefile validates the config before it plans a job."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for name in ("Snakefile", "workflow", "config"):  # enough: the run stops while loading config
+        (shutil.copytree if (repo / name).is_dir() else shutil.copy2)(repo / name, tmp_path / name)
+    bad = _write(tmp_path, {"methods": {"tiny-sd15-spo": {"train": {"pair_mode": "best_worst"}}}},
+                 "bad.yaml")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile",
+                           str(bad)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text[-3000:]
+    assert ("config key 'methods.tiny-sd15-spo.train.pair_mode' is 'best_worst'; it must be one of "
+            "'best-worst', 'random'") in text, text[-3000:]
+
+
+def test_the_test_configs_still_load(tiny_config, repo_root):
+    """The shipped configs load (test_shipped_configs_validate); so do the tests' own."""
+    validate_config(tiny_config)
+    from spo.config import train_settings
+
+    for config in (tiny_config, load_config([repo_root / "config" / "paper.yaml"], root=repo_root)):
+        for method, spec in config["methods"].items():
+            if "train" in spec:
+                assert train_settings(config, method).prompts == spec["train"]["prompts"]
+
+
+def test_editing_a_config_after_it_loaded_changes_no_parsed_settings(tiny_config):
+    """The parsed settings are memoised and shared: they hold copies, not the config's mappings."""
+    from spo.config import train_settings
+
+    validate_config(tiny_config)
+    parsed = train_settings(tiny_config, "tiny-sd15-diffusion-dpo")
+    tiny_config["methods"]["tiny-sd15-diffusion-dpo"]["train"]["diffusion_dpo"]["data"] = "nope"
+    assert parsed.diffusion_dpo["data"] == "tiny-sd15-pairs"
+    assert parsed.algorithm_settings().data == "tiny-sd15-pairs"

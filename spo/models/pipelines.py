@@ -26,6 +26,7 @@ import torch
 
 from spo import layout
 from spo.models.sources import fetch_file, from_pretrained
+from spo.source_kind import is_tiny
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights default name
@@ -133,7 +134,7 @@ def _load_lora(pipe, spec: dict[str, Any], method: str, *, key: str) -> None:
     ``pytorch_lora_weights.safetensors``), or a local file. Diffusers maps its own layout and the
     kohya/webui one; ``sha256:`` is verified when given.
     """
-    if "tiny" in spec:
+    if is_tiny(spec):
         raise ValueError(f"config key '{key}' cannot be tiny; give `path:` or a hub `id`/`revision`")
     path = fetch_file(spec, default_file=LORA_WEIGHTS)
     trained = key.startswith(f"methods.{method}.train")

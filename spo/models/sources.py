@@ -14,6 +14,7 @@ from typing import Any, Callable, TypeVar
 
 from spo import layout
 from spo.io import safetensors_problem, sha256_file
+from spo.source_kind import is_tiny
 
 T = TypeVar("T")
 
@@ -49,7 +50,7 @@ def is_tiny_source(spec: dict[str, Any]) -> bool:
     """A tiny stand-in rather than a real checkpoint: built by the DAG (``tiny:``), or a model of
     a shipped tiny world (a ``path:`` inside ``data/tiny-world``). Tiny sources run on the CPU
     and their numbers are never compared with the paper's."""
-    if "tiny" in spec:
+    if is_tiny(spec):
         return True
     if "path" in spec:
         from spo.world.manifest import world_root_of
@@ -89,7 +90,7 @@ def local_root(spec: dict[str, Any], tiny_dir: str | os.PathLike | None) -> Path
         except ShippedWorldError as exc:
             raise SourceError(str(exc)) from None
         return root
-    if "tiny" in spec:
+    if is_tiny(spec):
         if tiny_dir is None:
             raise SourceError("a tiny source needs the folder the DAG built it in (tiny_dir)")
         root = Path(tiny_dir)
@@ -127,7 +128,7 @@ def damaged_message(spec: dict[str, Any], root: Path, damaged: list[tuple[Path, 
     """'<file>: <what is wrong>; <how to get a whole copy>' for a local or DAG-built source."""
     first, why = damaged[0]
     more = f" (and {len(damaged) - 1} more damaged files)" if len(damaged) > 1 else ""
-    if "tiny" in spec:
+    if is_tiny(spec):
         target = dag_target(tiny_dir if tiny_dir is not None else root)
         fix = (f"delete '{target}' and rebuild it with `snakemake --cores 1 {target}` (it was "
                f"written by an interrupted job or damaged since)")

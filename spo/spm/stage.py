@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spo.source_kind import is_tiny
+
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation")
 MAX_CACHED_PROMPTS = 8192  # prompt embeddings held in memory (SD-1.5: ~0.5 MB each, cond + uncond)
@@ -38,7 +40,7 @@ def make_pairs(config, dataset: str, split: str, out_dir, *, models_root, root="
     spec = config["spm"]["datasets"][dataset]
     if split not in SPLITS:
         raise SystemExit(f"error: split {split!r}; allowed: {', '.join(SPLITS)}")
-    if "tiny" in spec:
+    if is_tiny(spec):
         from spo.spm.tiny_pairs import make_tiny_pairs
 
         make_tiny_pairs(config, dataset, split, out_dir, models_root=models_root, root=root)
@@ -78,7 +80,7 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     streams = {name: PairStream(paths, cache, encoder=backbone.encode, resolution=spec.get("resolution"))
                for name, paths, cache in (("train", pairs, latents), ("validation", val_pairs, val_latents))}
     if spec.get("vae_latents", "mean") == "sample":  # a fresh posterior sample per step: encode images
-        if "tiny" in config["spm"]["datasets"][spec["data"]]:
+        if is_tiny(config["spm"]["datasets"][spec["data"]]):
             raise ValueError(f"config key 'spm.runs.{run}.vae_latents' is 'sample', but the tiny pairs "
                              f"carry their generation latents, not images to encode; use 'mean'")
         streams["train"].store = None  # means only; read images in row-group windows instead
@@ -89,7 +91,7 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     if prompts is not None and len(prompts) <= MAX_CACHED_PROMPTS:
         backbone.precompute(sorted(prompts))
     dataset_spec = config["spm"]["datasets"][spec["data"]]
-    ceiling = "tiny" in dataset_spec  # labels are the analytic statistic: its own accuracy is the ceiling
+    ceiling = is_tiny(dataset_spec)  # labels are the analytic statistic: its own accuracy is the ceiling
     thr = (spec.get("pickscore_labels") or {}).get("threshold")
     if thr is not None:
         for part in streams.values():
@@ -127,7 +129,7 @@ def check_spm_config(config: dict[str, Any]) -> None:
     models, datasets = config["models"], spm["datasets"]
     problems = []
     for name, ds in datasets.items():
-        if "tiny" in ds and ds["tiny"]["model"] not in models:
+        if is_tiny(ds) and ds["tiny"]["model"] not in models:
             problems.append(f"config key 'spm.datasets.{name}.tiny.model' names '{ds['tiny']['model']}', "
                             f"not under 'models' ({', '.join(sorted(models))})")
     for name, run in spm["runs"].items():
@@ -146,7 +148,7 @@ def save_tiny_pickscore(config: dict[str, Any], out_dir) -> int:
     from spo.metrics.tiny import save_tiny_weights
 
     spec = config["spm"]["pickscore"]
-    if not all("tiny" in spec[r] for r in ("model", "processor")):
+    if not all(is_tiny(spec[r]) for r in ("model", "processor")):
         raise SystemExit("error: spm.pickscore is not tiny in this config; nothing to build")
     save_tiny_weights("pickscore", out_dir, seed=spec["model"]["tiny"].get("seed", 0))
     return 0

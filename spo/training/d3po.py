@@ -30,8 +30,7 @@ import torch
 
 from spo.sampling.ddim import DDIMSchedule
 from spo.sampling.stepwise import PairBatch
-from spo.sampling.trajectory import Trajectories, check_eta, sample_trajectories, score_final, step_subset
-from spo.training.baseline_settings import D3POSettings
+from spo.sampling.trajectory import Trajectories, sample_trajectories, score_final, step_subset
 from spo.training.loop import accelerator_on
 from spo.training.rollout import all_round_prompts, generator, train_rounds
 from spo.training.settings import TrainSettings
@@ -75,8 +74,7 @@ def train_d3po(backbone, pipeline_class, prompts: list[str], preference, setting
                resolved: dict | None = None) -> dict[str, Any]:
     """Train the LoRA with D3PO; writes what ``train_spo`` writes. Signature of ``train_spo``."""
 
-    opts = D3POSettings.from_settings(settings)
-    check_eta(settings.eta)
+    opts = settings.algorithm_settings()  # parsed with the config; its checks (eta > 0) ran there
     accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
     settings = settings.for_world(accelerator.num_processes)  # the global recipe -> this process's share
     scheduler = backbone.pipe.scheduler

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from spo.sampling.ddim import DDIMSchedule, ddim_transition, gaussian_logprob
-from spo.sampling.trajectory import check_eta, sample_trajectories, score_final, step_subset
+from spo.sampling.trajectory import sample_trajectories, score_final, step_subset
 from spo.training.baseline_settings import DDPOSettings
 from spo.training.loop import accelerator_on
 from spo.training.rollout import all_round_prompts, generator, train_rounds
@@ -173,8 +173,7 @@ def train_ddpo(backbone, pipeline_class, prompts: list[str], preference, setting
                resolved: dict | None = None) -> dict[str, Any]:
     """Train the LoRA with DDPO; writes what ``train_spo`` writes. Signature of ``train_spo``."""
 
-    opts = DDPOSettings.from_settings(settings)
-    check_eta(settings.eta)
+    opts = settings.algorithm_settings()  # parsed with the config; its checks (eta > 0) ran there
     accelerator = accelerator or accelerator_on(backbone.device, settings.mixed_precision)
     warn_if_tracker_never_used(len(prompts), settings, opts)
     settings = settings.for_world(accelerator.num_processes)  # the global recipe -> this process's share

@@ -60,16 +60,6 @@ log = logging.getLogger(__name__)
 ALGORITHM_VERSION = 1
 
 
-def check_dpo_config(config: dict[str, Any], settings: TrainSettings) -> DPOSettings:
-    """Parse the block and check that ``data`` names a defined pair dataset."""
-    dpo = DPOSettings.from_train(settings)
-    datasets = (config.get("spm") or {}).get("datasets") or {}
-    if dpo.data not in datasets:
-        raise ValueError(f"config key '{KEY}.data' is {dpo.data!r}, not a key of spm.datasets "
-                         f"({', '.join(sorted(datasets)) or 'none defined'}); add it there")
-    return dpo
-
-
 def diffusion_dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor,
                        ref_l: torch.Tensor, *, beta: float) -> dict[str, torch.Tensor]:
     """The Diffusion-DPO loss, Salesforce beta convention, averaged over pairs.
@@ -163,7 +153,7 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
     ``preference`` are unused: the pairs carry prompts and labels). ``latents``: an optional
     ``spm-latents`` cache of the same pairs. Resumes from ``checkpoint_dir``; returns a summary."""
 
-    dpo = DPOSettings.from_train(settings)
+    dpo = settings.algorithm_settings()  # parsed with the config (spo.config_spec.parse)
     if pairs is None:
         from spo.layout import spm_pairs_dir
 

@@ -26,10 +26,10 @@ def attach_lora(unet, *, rank: int, alpha: float | None = None,
     from peft import LoraConfig
 
     if rank < 1:
-        raise ValueError(f"config key 'train.lora.rank' is {rank}; it must be >= 1")
+        raise ValueError(f"config key 'train.lora_rank' is {rank}; it must be >= 1")
     init_arg = {"gaussian": "gaussian", "default": True}.get(init)
     if init_arg is None:
-        raise ValueError(f"config key 'train.lora.init' is {init!r}; allowed: 'gaussian', 'default'")
+        raise ValueError(f"config key 'train.lora_init' is {init!r}; allowed: 'gaussian', 'default'")
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets),
                                 init_lora_weights=init_arg))

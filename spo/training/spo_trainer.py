@@ -241,13 +241,14 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
         empty += 1
     schedule = DDIMSchedule.from_scheduler(backbone.pipe.scheduler, settings.num_inference_steps)
     examples_dir = Path(checkpoint_dir) / "examples"  # Figure 5 (train.dump_examples)
+    sampler = settings.sampler()  # the checked sampler keys, one object for every round
     for round_index in range(start_round, n_rounds):
         unit = Unit(round_index, step, log_lines, unet=unet, optimizer=optimizer,
                     accelerator=accelerator, checkpoint_dir=checkpoint_dir)
         try:
             step, empty = _round(backbone, prompts, preference, settings, accelerator, unit, guard,
                                  params, optimizer, schedule, examples_dir, n_rounds, step, empty,
-                                 log_lines)
+                                 log_lines, sampler)
         except Preempted:
             unit.checkpoint_and_exit(f"round {round_index + 1}")
         # Accumulating across rounds: a checkpoint only where no gradient is pending (it holds none).
@@ -272,7 +273,7 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
 
 def _round(backbone, prompts, preference, settings, accelerator, unit: Unit, guard: Guard, params,
            optimizer, schedule, examples_dir: Path, n_rounds: int, step: int, empty: int,
-           log_lines: list) -> tuple[int, int]:
+           log_lines: list, sampler) -> tuple[int, int]:
     """One SPO round: sample, gather, train; returns (optimizer steps, empty rounds in a row).
     Raises ``Preempted`` (polled every DDIM step and micro-batch) on a signal."""
     unet = backbone.pipe.unet
@@ -283,7 +284,7 @@ def _round(backbone, prompts, preference, settings, accelerator, unit: Unit, gua
     unet.eval()
     dump = settings.dump_examples if round_index in (0, n_rounds - 1) else 0
     pairs, stats = sample_pairs(backbone, backbone.pipe.scheduler, batch_prompts, preference,
-                                settings.sampler(), _generator(settings.seed, "sample", round_index, rank),
+                                sampler, _generator(settings.seed, "sample", round_index, rank),
                                 dump_examples=dump, should_stop=unit.requested)
     if not math.isfinite(stats["score_mean"]):
         raise guard.error(f"the preference scores of the sampled candidates are "

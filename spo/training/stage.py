@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from spo.io import content_digest, sha256_file, stable_hash
+from spo.source_kind import source_kind
 
 
 def _digest(path: str | Path) -> str:
@@ -19,7 +20,7 @@ def source_digest(spec: dict[str, Any], tiny_dir: str | Path | None) -> str:
     from spo.models.sources import local_root, shipped_manifest
 
     sub = f"/{spec['subfolder']}" if spec.get("subfolder") else ""
-    if "id" in spec:
+    if source_kind(spec) == "hub":
         return f"hub {spec['id']}@{spec['revision']}{sub}"
     manifest = shipped_manifest(spec)
     if manifest is not None:
@@ -103,12 +104,13 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
     from spo.preference import build_preference
     from spo.prompts import load_prompt_set
     from spo.devices import process_device
-    from spo.training.settings import TrainSettings, trainer_for
+    from spo.config import train_settings
+    from spo.training.settings import trainer_for
 
     method_cfg = config["methods"][method]
     if "train" not in method_cfg:
         raise ValueError(f"method '{method}' has no 'train' block; nothing to train")
-    settings = TrainSettings.from_config(method_cfg["train"])
+    settings = train_settings(config, method)  # the object the config check parsed at load
     # Before any model is loaded: the global recipe must split over this launch's processes.
     from spo.training.batching import launch_world_size
 
@@ -119,10 +121,7 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
     resolution = (settings.resolution or config["generation"]["resolution"]
                   or default_resolution(pipe))
     extra: dict[str, Any] = {}
-    if settings.algorithm == "diffusion-dpo":
-        from spo.training.diffusion_dpo import check_dpo_config
-
-        check_dpo_config(config, settings)
+    if settings.algorithm == "diffusion-dpo":  # its pair dataset was checked at load
         # Offline: the pairs carry prompts and labels; no prompt set, no preference model.
         prompts, preference, extra = [], None, {"pairs": pairs, "latents": latents}
     else:

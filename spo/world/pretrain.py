@@ -16,7 +16,6 @@ Each part writes its folder atomically and checkpoints while it trains (``steps.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +25,21 @@ import torch.nn.functional as F
 
 from spo.world import architectures as arch
 from spo.world.data import render_dataset, step_generator
-from spo.world.grammar import COLOURS, SHAPES, SIZES, WorldSpec
+from spo.world.grammar import WorldSpec
 from spo.world.render import render_many
 from spo.world.settings import PretrainSettings
-from spo.world.steps import cosine_lr, run_steps
+from spo.world.steps import cosine_lr, run_steps, write_record
 
 log = logging.getLogger(__name__)
-_STARTED = time.perf_counter()  # the part's process start: pretrain.json records its wall time
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # OpenAI CLIP's, as PickScore's processor
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_TEXT_LAYERS = {"clip-a": 2, "clip-b": 3}
 
 
-def grammar_words() -> list[str]:
-    return ["a", "on", "background", *COLOURS, *SHAPES, *SIZES]
-
-
 def tokenizer(pad_token: str = "<|endoftext|>"):
-    from spo.world.tokenizer import world_tokenizer
+    from spo.world.tokenizer import grammar_tokenizer
 
-    return world_tokenizer(grammar_words(), max_length=arch.MAX_TOKENS, pad_token=pad_token)
+    return grammar_tokenizer(pad_token)
 
 
 def clip_pixels(images_uint8: np.ndarray) -> torch.Tensor:
@@ -88,18 +82,6 @@ def train_vae(spec: WorldSpec, ps: PretrainSettings, out_dir: Path, checkpoints:
     with atomic_path(out_dir, is_dir=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         write_record(tmp, "vae", losses, scaling_factor=model.config.scaling_factor)
-
-
-def write_record(folder: Path, part: str, losses: list[float], **extra: Any) -> None:
-    """``pretrain.json`` beside a part's weights: the command, the loss curve (every 10th step,
-    those run in this process), the environment (``spo.io.provenance``). Never shipped."""
-    import sys
-
-    from spo.io import provenance, write_json_atomic
-
-    write_json_atomic(folder / "pretrain.json", provenance(f"pretrain-tiny {part}", {
-        "argv": sys.argv, "seconds": round(time.perf_counter() - _STARTED, 1), "steps_run": len(losses), "losses_every_10": losses[::10],
-        "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])) if losses else None, **extra}))
 
 
 def _distinct_scenes(spec: WorldSpec, batch: int, g: torch.Generator):

@@ -22,10 +22,9 @@ import torch.nn.functional as F
 
 from spo.world import architectures as arch
 from spo.world.data import render_dataset, step_generator
-from spo.world.pretrain import write_record
 from spo.world.grammar import WorldSpec
 from spo.world.settings import PretrainSettings
-from spo.world.steps import EMA, cosine_lr, run_steps
+from spo.world.steps import EMA, cosine_lr, run_steps, write_record
 
 
 def text_encoder(clip_dir: Path, *, with_projection: bool):

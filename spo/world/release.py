@@ -82,13 +82,13 @@ def write_fresh_tokenizers(root: Path) -> None:
     weight file's sha256 and differed in two tokenizer files. Every call site passes its padding
     and truncation explicitly, so ids are unchanged (tests/world/test_pretrain.py).
     """
-    from spo.world.pretrain import tokenizer
+    from spo.world.tokenizer import grammar_tokenizer
 
     for folder, pad_token in TOKENIZER_FOLDERS.items():
         target = root / folder
         for name in TOKENIZER_FILES:
             (target / name).unlink(missing_ok=True)
-        tokenizer(pad_token=pad_token).save_pretrained(str(target))
+        grammar_tokenizer(pad_token=pad_token).save_pretrained(str(target))
 
 
 def _plain(value):

@@ -12,8 +12,9 @@ import copy
 import logging
 import math
 import sys
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -21,6 +22,7 @@ from spo.checkpoint import (PREEMPTED_EXIT_CODE, install_signal_handlers, latest
                             save_checkpoint, should_checkpoint_and_exit)
 
 log = logging.getLogger(__name__)
+_STARTED = time.perf_counter()  # the part's process start: pretrain.json records its wall time
 
 
 class PretrainError(RuntimeError):
@@ -127,3 +129,14 @@ def run_steps(part: str, model: torch.nn.Module, optimizer: torch.optim.Optimize
     bar.close()
     model.eval()
     return losses
+
+
+def write_record(folder: Path, part: str, losses: list[float], **extra: Any) -> None:
+    """``pretrain.json`` beside a part's weights: the command, the loss curve (every 10th step,
+    those run in this process), the environment (``spo.io.provenance``). Never shipped. (Here, not
+    in ``pretrain``, because ``pretrain_unet`` writes it too: pretrain <-> pretrain_unet was a cycle.)"""
+    from spo.io import provenance, write_json_atomic
+
+    write_json_atomic(folder / "pretrain.json", provenance(f"pretrain-tiny {part}", {
+        "argv": sys.argv, "seconds": round(time.perf_counter() - _STARTED, 1), "steps_run": len(losses), "losses_every_10": losses[::10],
+        "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])) if losses else None, **extra}))

@@ -67,3 +67,17 @@ def world_tokenizer(words: Iterable[str], *, max_length: int, pad_token: str = "
         merges_file.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
         return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=max_length,
                              pad_token=pad_token)
+
+
+def grammar_words() -> list[str]:
+    from spo.world.grammar import COLOURS, SHAPES, SIZES
+
+    return ["a", "on", "background", *COLOURS, *SHAPES, *SIZES]
+
+
+def grammar_tokenizer(pad_token: str = "<|endoftext|>"):
+    """The tiny world's tokenizer: the grammar's words, the text encoders' context length. (Here,
+    not in ``pretrain``, so that ``release`` needs no import of ``pretrain``, which imports it.)"""
+    from spo.world.architectures import MAX_TOKENS
+
+    return world_tokenizer(grammar_words(), max_length=MAX_TOKENS, pad_token=pad_token)

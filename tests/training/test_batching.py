@@ -169,11 +169,10 @@ def test_accumulation_carries_over_rounds_without_a_forced_step(tiny_models, tmp
 # --- item 6: DDPO's per-prompt statistics on 4k prompts -----------------------------------------
 
 def test_ddpo_tracker_never_switches_on_in_the_paper_recipe(repo_root, caplog):
-    from spo.training.baseline_settings import DDPOSettings
     from spo.training.ddpo import max_rewards_per_prompt, warn_if_tracker_never_used
 
     settings = _paper_methods(repo_root)["sd15-ddpo"]
-    opts = DDPOSettings.from_settings(settings)
+    opts = settings.algorithm_settings()
     assert max_rewards_per_prompt(4000, 256, 1, 200) == 14  # 15 rounds a pass, 200 rounds
     with caplog.at_level("WARNING"):
         assert warn_if_tracker_never_used(4000, settings, opts) == 14 < opts.min_count

@@ -142,7 +142,7 @@ def test_sigusr1_checkpoint_resumes_to_the_same_lora(tiny_models, tmp_path, monk
 ])
 def test_bad_settings_name_the_key(block, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        d3po.D3POSettings.from_settings(_settings(d3po=block))
+        _settings(d3po=block).algorithm_settings()
 
 
 def test_block_of_another_algorithm_is_refused():

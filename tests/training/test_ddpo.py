@@ -150,7 +150,7 @@ def test_killed_run_resumes_to_the_same_lora(tiny_models, tmp_path, monkeypatch)
 ])
 def test_bad_settings_name_the_key(block, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        ddpo.DDPOSettings.from_settings(_settings(ddpo=block))
+        _settings(ddpo=block).algorithm_settings()
 
 
 def test_deterministic_sampler_is_refused(tiny_models, tmp_path):

@@ -11,7 +11,7 @@ import torch
 from spo.models.backbone import Backbone
 from spo.spm.data import PairsError, encode_png, latents_to_bytes
 from spo.training import diffusion_dpo, loop
-from spo.training.diffusion_dpo import DPOSettings, check_dpo_config, diffusion_dpo_loss
+from spo.training.diffusion_dpo import DPOSettings, diffusion_dpo_loss
 from spo.training.dpo_data import PairSource, decisive, orient
 from spo.training.settings import TrainSettings
 
@@ -209,10 +209,13 @@ def test_config_errors_name_the_key(block, key):
     if block is not None:
         train["diffusion_dpo"] = block
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        DPOSettings.from_train(TrainSettings.from_config(train))
+        TrainSettings.from_config(train).algorithm_settings()
 
 
-def test_data_must_name_a_pair_dataset():
-    settings = _settings(data="nope")
-    with pytest.raises(ValueError, match=r"train\.diffusion_dpo\.data.*'nope'.*tiny-sd15-pairs"):
-        check_dpo_config({"spm": {"datasets": {"tiny-sd15-pairs": {}}}}, settings)
+def test_data_must_name_a_pair_dataset(tiny_config):
+    """Checked when the config loads (spo.config), not when the training job starts."""
+    from spo.config import ConfigError, validate_config
+
+    tiny_config["methods"]["tiny-sd15-diffusion-dpo"]["train"]["diffusion_dpo"]["data"] = "nope"
+    with pytest.raises(ConfigError, match=r"train\.diffusion_dpo\.data.*'nope'.*tiny-sd15-pairs"):
+        validate_config(tiny_config)

@@ -119,5 +119,7 @@ def test_trained_range_on_the_ddim_grid(scheduler):
     ({"next_init": "best"}, "train.next_init"),
 ])
 def test_sampler_settings_name_the_bad_key(kwargs, key):
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        SamplerSettings(**kwargs)
+    from spo.config_spec import ConfigError, parse
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse(SamplerSettings, kwargs, "train")
