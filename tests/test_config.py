@@ -261,7 +261,7 @@ def test_a_bad_value_stops_the_dry_run_of_the_dag(tmp_path):
     import sys
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     for name in ("Snakefile", "workflow", "config"):  # enough: the run stops while loading config
         (shutil.copytree if (repo / name).is_dir() else shutil.copy2)(repo / name, tmp_path / name)
     bad = _write(tmp_path, {"methods": {"tiny-sd15-spo": {"train": {"pair_mode": "best_worst"}}}},
