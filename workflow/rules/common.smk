@@ -2,8 +2,9 @@
 import sys
 from pathlib import Path
 
-from spo.config import ConfigError, evaluated_methods, evaluated_pairs, evaluated_prompt_sets, load_yaml, resolve_config, validate_config
+from spo.config import ConfigError, evaluated_methods, evaluated_pairs, evaluated_prompt_sets, load_yaml, resolve_config, train_settings, validate_config
 from spo import layout
+from spo.source_kind import is_tiny
 from spo.io import stable_hash, write_text_atomic
 
 import yaml
@@ -125,7 +126,7 @@ def model_inputs(model):
     from spo.models.sources import shipped_manifest
 
     spec = CONFIG["models"][model]
-    if "tiny" in spec["source"]:
+    if is_tiny(spec["source"]):
         return {"model": layout.tiny_pipeline_dir(model)}
     manifests = {shipped_manifest(spec[k]) for k in ("source", "vae", "unet") if k in spec} - {None}
     return {"world": sorted(manifests)} if manifests else {}
@@ -189,20 +190,20 @@ def generate_lora_arg(wildcards, input):
 
 def train_inputs(wildcards):
     """What training a method reads: its base model, training prompts and preference model."""
-    train = CONFIG["methods"][wildcards.method]["train"]
+    train = train_settings(CONFIG, wildcards.method)  # the typed block the config check parsed
     inputs = tiny_model_inputs(wildcards)
-    if train.get("algorithm") == "diffusion-dpo":
+    if train.algorithm == "diffusion-dpo":
         # Offline: the train split of the pair dataset (prompts and labels included; the tiny
         # pairs carry their latents, real ones are VAE-encoded by the trainer).
-        inputs["pairs"] = layout.spm_pairs_dir(train["diffusion_dpo"]["data"], "train")
+        inputs["pairs"] = layout.spm_pairs_dir(train.algorithm_settings().data, "train")
         return inputs
-    inputs.update(prompt_source_inputs(train["prompts"]))
-    preference = train.get("preference") or {}
+    inputs.update(prompt_source_inputs(train.prompts))
+    preference = train.preference
     if preference.get("name") in ("spm", "spm-no-step") and "run" in preference:
         inputs["preference"] = layout.spm_model_dir(preference["run"])
     # `pickscore` without a `path` reads the SPM's initialisation; the tiny one is a DAG output.
     spm_init = ((CONFIG.get("spm") or {}).get("pickscore") or {}).get("model", {})
-    if preference.get("name") == "pickscore" and "path" not in preference and "tiny" in spm_init:
+    if preference.get("name") == "pickscore" and "path" not in preference and is_tiny(spm_init):
         inputs["preference"] = layout.pickscore_init_dir()
     return inputs
 
@@ -249,7 +250,7 @@ def tiny_metric_inputs(wildcards):
     weights = {m: (CONFIG["metrics"][m].get("weights") or {}) for m in metric_group(wildcards.scoring)}
     return {
         "weights": [layout.tiny_metric_dir(m) for m, w in weights.items()
-                    if any("tiny" in s for s in w.values())],
+                    if any(is_tiny(s) for s in w.values())],
         # weights of the shipped tiny world (the tiny PickScore): a rebuilt world rescores
         "world": sorted({shipped_manifest(s) for w in weights.values() for s in w.values()} - {None}),
     }

@@ -11,14 +11,16 @@ def _spm_run(run):
 
 
 def _spm_dataset_is_tiny(dataset):
-    return "tiny" in _spm()["datasets"][dataset]
+    return is_tiny(_spm()["datasets"][dataset])
 
 
 def _used_spm_runs():
     """SPM runs an evaluated method trains with (the spm_accuracy figure asks for the others)."""
     runs = []
     for method in evaluated_methods(CONFIG):
-        pref = (CONFIG["methods"][method].get("train") or {}).get("preference") or {}
+        if "train" not in CONFIG["methods"][method]:
+            continue
+        pref = train_settings(CONFIG, method).preference
         if pref.get("name") in ("spm", "spm-no-step") and pref.get("run") in _spm()["runs"]:
             runs.append(pref["run"])
     return list(dict.fromkeys(runs))
@@ -34,7 +36,7 @@ def spm_files():
 
 def spm_pairs_inputs(wildcards):
     spec = _spm()["datasets"][wildcards.dataset]
-    if "tiny" in spec:
+    if is_tiny(spec):
         return {**model_inputs(spec["tiny"]["model"]), "prompts": spec["tiny"]["prompts"]}
     source = spec[wildcards.split]
     return {"parquet": source["path"]} if "path" in source else {}
@@ -57,7 +59,7 @@ def train_spm_inputs(wildcards):
         out["latents"] = layout.spm_latents_dir(data, "train", model)
         out["val_latents"] = layout.spm_latents_dir(data, "validation", model)
     out.update(model_inputs(model))
-    if "tiny" in _spm()["pickscore"]["model"]:
+    if is_tiny(_spm()["pickscore"]["model"]):
         out["pickscore"] = layout.pickscore_init_dir()
     return out
 
