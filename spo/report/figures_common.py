@@ -15,13 +15,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-
-class FigureError(ValueError):
-    """A figure's inputs or its config block are missing or inconsistent; the message says which."""
-
-
-class MissingImagesError(FigureError):
-    """A figure prompt set has prompts without a generated image for some method."""
+# Defined with the registry (which the workflow imports without pandas); the figures raise them.
+from spo.report.figure_registry import FigureError, MissingImagesError  # noqa: F401
 
 
 def matplotlib_pyplot():
@@ -178,3 +173,15 @@ def _plain(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+PAPER_DATA = Path("data") / "paper" / "tables.yaml"
+
+
+def paper_data(root: str | Path) -> tuple[dict | None, str]:
+    """The paper's numbers as data (data/paper/tables.yaml under ``root``) and that path, or
+    ``(None, "")`` where the checkout has no such file (the figures then use their constants)."""
+    import yaml
+
+    path = Path(root) / PAPER_DATA
+    return (yaml.safe_load(path.read_text()), str(PAPER_DATA)) if path.is_file() else (None, "")

@@ -14,7 +14,7 @@ for _figure in FIGURE_NAMES:
         params:
             name=_figure,
             fingerprint=stable_hash([CONFIG["figures"][_figure], CONFIG["profile"]]),
-            extra=(f"--gpus '{compute_gpus()}'" if _figure == "compute" else ""),
+            extra=figure_extra_args(_figure),
         log:
             f"results/logs/figures/{_figure}.log",
         benchmark:
