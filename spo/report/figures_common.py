@@ -15,13 +15,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from spo import layout
 
-class FigureError(ValueError):
-    """A figure's inputs or its config block are missing or inconsistent; the message says which."""
-
-
-class MissingImagesError(FigureError):
-    """A figure prompt set has prompts without a generated image for some method."""
+# Defined with the registry (which the workflow imports without pandas); the figures raise them.
+from spo.report.figure_registry import FigureError, MissingImagesError  # noqa: F401
 
 
 def matplotlib_pyplot():
@@ -89,7 +86,7 @@ def image_table(manifest: pd.DataFrame, methods: Sequence[str], prompts: pd.Data
     if problems:
         raise MissingImagesError(
             f"figure '{figure}' (prompt set '{prompt_set}'): " + "; ".join(problems)
-            + f". Generate them: snakemake results/images/<method>/{prompt_set}/shard-0 ...")
+            + f". Generate them: snakemake {layout.shard_dir('<method>', prompt_set, 0)} ...")
     return table
 
 
@@ -178,3 +175,15 @@ def _plain(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+PAPER_DATA = Path("data") / "paper" / "tables.yaml"
+
+
+def paper_data(root: str | Path) -> tuple[dict | None, str]:
+    """The paper's numbers as data (data/paper/tables.yaml under ``root``) and that path, or
+    ``(None, "")`` where the checkout has no such file (the figures then use their constants)."""
+    import yaml
+
+    path = Path(root) / PAPER_DATA
+    return (yaml.safe_load(path.read_text()), str(PAPER_DATA)) if path.is_file() else (None, "")

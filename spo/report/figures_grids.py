@@ -6,7 +6,8 @@
 * ``lora_transfer``: the same layout with two rows, the target model and the target model with
   another model's trained LoRA (the paper's Glyph-ByT5-SDXL + SPO-SDXL LoRA figure).
 * ``win_lose_pairs``: Figure 5, the x̂0 win / lose pairs the SPM chose while training, dumped by
-  the trainer (``train.dump_examples``) into ``results/train/<method>/examples/``.
+  the trainer (``train.dump_examples``) into ``examples/`` of the method's training output
+  (``spo.layout.train_dir``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from spo import layout
 
 from spo.report.figures_common import (FigureError, check_methods, colorfulness, draw_grid,
                                        figure_spec, image_table, load_rgb, prompt_order,
@@ -81,7 +84,7 @@ def lora_transfer(config: dict[str, Any], name: str, inputs: Sequence[str], out:
 
     ``figures.lora_transfer``: ``lora_method`` (whose LoRA), ``target_model``, ``base_method`` (the
     target model alone), ``transfer_method`` (the target model with ``lora: {path:
-    results/train/<lora_method>}``) and ``prompt_set``.
+    train_dir(<lora_method>)}``, ``spo.layout``) and ``prompt_set``.
     """
     spec = figure_spec(config, name)
     base, transfer, lora_method = spec["base_method"], spec["transfer_method"], spec["lora_method"]
@@ -94,7 +97,7 @@ def lora_transfer(config: dict[str, Any], name: str, inputs: Sequence[str], out:
                             f"'{methods[method]['model']}', not the target_model '{spec['target_model']}'")
     lora_path = (methods[transfer].get("lora") or {}).get("path", "")
     if Path(lora_path).parts[-1:] != (lora_method,):
-        problems.append(f"'methods.{transfer}.lora' must be {{path: results/train/{lora_method}}} "
+        problems.append(f"'methods.{transfer}.lora' must be {{path: {layout.train_dir(lora_method)}}} "
                         f"(the LoRA of lora_method), got {methods[transfer].get('lora')!r}")
     if "train" not in methods[lora_method]:
         problems.append(f"'figures.{name}.lora_method' is '{lora_method}', which is not trained here")

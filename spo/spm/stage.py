@@ -1,4 +1,5 @@
-"""Stage entry points (``python -m spo spm-pairs | spm-latents | train-spm``).
+"""The SPM stages' library side (entry points of ``python -m spo spm-pairs | spm-latents |
+train-spm``: spo/stages.py) and path conventions.
 
 Paths (``spo.layout``; the rules in ``workflow/rules/spm.smk`` pass them as arguments)::
 
@@ -191,21 +192,3 @@ def cache_latents(config, pairs_dir, model: str, out_dir, *, models_root, resolu
             out.flush()
             del out
             write_parquet_atomic(tmp / f"{stem}.pair_id.parquet", pd.DataFrame({"pair_id": ids}))
-
-
-def run_stage(config, args) -> int:
-    """Dispatch ``spm-pairs``, ``spm-latents`` and ``train-spm`` (see ``spo.__main__``)."""
-    check_spm_config(config)
-    if args.stage == "spm-pairs":
-        make_pairs(config, args.dataset, args.split, args.out, models_root=args.models_root)
-    elif args.stage == "spm-latents":
-        cache_latents(config, args.pairs, args.model, args.out, models_root=args.models_root,
-                      resolution=args.resolution)
-    else:
-        if args.run not in config["spm"]["runs"]:
-            raise SystemExit(f"error: spm run {args.run!r} is not under spm.runs; defined: "
-                             f"{', '.join(sorted(config['spm']['runs']))}")
-        train_spm(config, args.run, pairs=args.pairs, val_pairs=args.val_pairs, out_dir=args.out,
-                  validation_csv=args.validation_csv, checkpoints=args.checkpoints,
-                  models_root=args.models_root, latents=args.latents, val_latents=args.val_latents)
-    return 0

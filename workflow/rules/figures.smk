@@ -14,17 +14,14 @@ for _figure in FIGURE_NAMES:
         params:
             name=_figure,
             fingerprint=stable_hash([CONFIG["figures"][_figure], CONFIG["profile"]]),
-            extra=(f"--gpus '{compute_gpus()}'" if _figure == "compute" else ""),
+            extra=figure_extra_args(_figure),
         log:
-            f"results/logs/figures/{_figure}.log",
+            layout.log_file("figures", _figure),
         benchmark:
-            f"results/benchmarks/figures/{_figure}.tsv"
+            layout.benchmark_file("figures", _figure)
         threads: 1
         resources:
-            gpu=job_resource("tables", "gpu"),
-            mem_mb=job_resource("tables", "mem_mb"),
-            runtime=job_resource("tables", "runtime"),
-            cpus_per_task=job_resource("tables", "cpus_per_task"),
+            **job_resources("tables"),
         shell:
             "{PYTHON} -m spo figure {params.name} --config {RESOLVED_CONFIG} --inputs {input.data}"
             " --models-root {MODELS_ROOT} {params.extra} --threads {threads} --out {output.png}"

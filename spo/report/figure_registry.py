@@ -1,0 +1,244 @@
+"""The figure registry: what the harness knows about each figure, in one table (``FIGURES``).
+
+A figure ``<name>`` is a PNG ``results/figures/<name>.png`` plus ``<name>.json`` (the numbers
+behind it) and, for some, further sidecars; its config block is ``figures.<name>``. Three places
+read this table instead of branching on figure names:
+
+* ``workflow/rules/figures_common.smk``: the rule's inputs (``Figure.reads``, as kinds of files;
+  the workflow maps each kind to paths, since Snakemake owns paths), its outputs (``sidecars``),
+  its report caption and the extra options it passes (``extra``);
+* ``spo/report/figures.py``: ``make_figure`` (``draw``, imported only when drawn) and the config
+  cross-checks (``methods``, ``trained_only``);
+* ``spo/stages.py`` (``python -m spo figure``): the options of ``ARGUMENTS`` and the keyword
+  arguments each figure takes, and whether it sets torch's threads (``torch_threads``).
+
+Light on purpose: the Snakefile and the config check import it, so nothing here imports numpy,
+pandas, torch or matplotlib.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from spo import layout  # path defaults (standard library only)
+
+
+class FigureError(ValueError):
+    """A figure's inputs or its config block are missing or inconsistent; the message says which."""
+
+
+class MissingImagesError(FigureError):
+    """A figure prompt set has prompts without a generated image for some method."""
+
+
+# The kinds of file a figure reads (``Reads.kind``), each with what its ``names`` are. The
+# workflow turns them into paths (figures_common.smk); a test checks it maps every kind.
+KINDS = {
+    "shards": "generation shard folders of methods on prompt_set (names: methods)",
+    "scores": "score files of methods on prompt_set, every scoring group and shard (names: methods)",
+    "trained": "trained methods' output folders, log.jsonl and examples/ (names: methods)",
+    "spm_pairs": "SPM pair folders of dataset (names: splits)",
+    "spm_validation": "SPM runs' validation CSVs (names: runs)",
+    "tables": "every summary table of the run",
+    "all_scores": "every score file of the run",
+    "spm_outputs": "every SPM output of the run",
+    "figures": "other figures' PNGs (names: figures)",
+    "metric_weights": "a metric's tiny weights under the models root; none for hub / local weights "
+                      "(names: the metric)",
+    "paper_numbers": "data/paper/tables.yaml, when the checkout has it",
+}
+
+
+@dataclass(frozen=True)
+class Reads:
+    """One kind of file or folder a figure reads.
+
+    ``passed``: the paths follow ``--inputs`` (the figure's data); otherwise the job only waits for
+    them and the figure finds them by its own means (``--models-root``, ``data/paper``).
+    """
+
+    kind: str
+    names: tuple[str, ...] = ()
+    prompt_set: str | None = None
+    dataset: str | None = None
+    passed: bool = True
+
+
+@dataclass(frozen=True)
+class Option:
+    """A ``python -m spo figure`` option that some figures take as a keyword argument."""
+
+    flag: str
+    default: str
+    help: str | None = None
+    parse: Callable[[str], Any] = str
+
+
+# Figure keyword argument -> its option. The rule always passes --models-root and, where a figure
+# takes it, --gpus (figures_common.smk); --benchmarks keeps its default, the folder of the rules'
+# `benchmark:` files.
+ARGUMENTS = {
+    "models_root": Option("--models-root", layout.MODELS_ROOT),
+    "benchmarks": Option("--benchmarks", layout.BENCHMARKS_ROOT, "compute: benchmark folder"),
+    "gpus": Option("--gpus", "{}", "compute: JSON {stage: GPUs per job} of the rules", json.loads),
+}
+
+
+def _no_methods(config: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure. ``draw(config, name, inputs, out, root=".", **extra) -> dict`` writes
+    ``out`` (the PNG) and its sidecars and returns the numbers written to ``<name>.json``."""
+
+    name: str
+    draw: str  # "module:function", imported only when the figure is drawn (matplotlib, pandas)
+    # (config, its figures.<name> block, the methods it names) -> what it reads, in --inputs order
+    reads: Callable[[dict[str, Any], dict[str, Any], list[str]], list[Reads]]
+    # (config, its block) -> the methods it names (config check; the inputs of most figures)
+    methods: Callable[[dict[str, Any], dict[str, Any]], list[str]] = _no_methods
+    trained_only: bool = False  # every method it names must be trained in this config
+    sidecars: tuple[str, ...] = ()  # outputs beside <name>.png and <name>.json
+    extra: tuple[str, ...] = ()  # keys of ARGUMENTS it takes as keyword arguments
+    torch_threads: bool = False  # it runs a network: set torch's threads as the torch stages do
+
+    @property
+    def caption(self) -> str:
+        """Its caption in the Snakemake report, under workflow/report/."""
+        return f"figure_{self.name}.rst"
+
+    def draw_function(self) -> Callable[..., dict[str, Any]]:
+        module, function = self.draw.split(":")
+        return getattr(importlib.import_module(module), function)
+
+    def read_list(self, config: dict[str, Any]) -> list[Reads]:
+        spec = figure_block(config, self.name)
+        return self.reads(config, spec, self.methods(config, spec))
+
+
+def figure_block(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """``figures.<name>`` of the config, ``{}`` when it has none."""
+    return (config.get("figures") or {}).get(name) or {}
+
+
+def trained_methods(config: dict[str, Any]) -> list[str]:
+    """Every method of the config with a ``train`` block (a profile may not evaluate all)."""
+    return [m for m, spec in config["methods"].items() if "train" in spec]
+
+
+def figure_methods(config: dict[str, Any], name: str) -> list[str]:
+    """The methods figure ``name`` names (none for a figure not in the registry)."""
+    figure = FIGURES.get(name)
+    return figure.methods(config, figure_block(config, name)) if figure else []
+
+
+def check_figures(config: dict[str, Any]) -> list[str]:
+    """Cross references of the ``figures`` block the schema cannot express (one message each)."""
+    out = []
+    figures = config.get("figures") or {}
+    for name in figures:
+        missing = [m for m in figure_methods(config, name) if m not in config["methods"]]
+        if missing:
+            out.append(f"config key 'figures.{name}' names methods {missing}, which are not under "
+                       f"'methods'")
+        prompt_set = figures[name].get("prompt_set")
+        if prompt_set is not None and prompt_set not in config["prompt_sets"]:
+            out.append(f"config key 'figures.{name}.prompt_set' names '{prompt_set}', which is not "
+                       f"under 'prompt_sets'")
+    for name in (n for n, figure in FIGURES.items() if figure.trained_only):
+        untrained = [m for m in figure_methods(config, name)
+                     if m in config["methods"] and "train" not in config["methods"][m]]
+        if untrained:
+            out.append(f"config key 'figures.{name}' names {untrained}, which are not trained here")
+    return out
+
+
+# --- what each figure names and reads ---------------------------------------------------------
+
+def _rows(config, spec):
+    return list(spec.get("rows", []))
+
+
+def _listed(config, spec):
+    return list(spec.get("methods", []))
+
+
+def _figure6_methods(config, spec):
+    return [spec["method"]] + [o["method"] for o in spec.get("opponents", [])] if spec else []
+
+
+def _transfer_methods(config, spec):
+    return [spec["base_method"], spec["transfer_method"]] if spec else []
+
+
+def _curve_methods(config, spec):
+    return list(spec.get("methods") or trained_methods(config))
+
+
+def _shards(config, spec, methods):
+    return [Reads("shards", tuple(methods), prompt_set=spec["prompt_set"])]
+
+
+def _trained(config, spec, methods):
+    return [Reads("trained", tuple(methods))]
+
+
+def _scores(config, spec, methods):
+    return [Reads("scores", tuple(methods), prompt_set=spec["prompt_set"]),
+            Reads("paper_numbers", passed=False)]
+
+
+def _pairs(config, spec, methods):
+    splits = spec.get("splits") or ["train", "validation"]
+    return [Reads("spm_pairs", tuple(splits), dataset=spec["dataset"]),
+            Reads("metric_weights", (spec["predictor"],), passed=False)]
+
+
+def _validation(config, spec, methods):
+    runs = spec.get("runs") or list(((config.get("spm") or {}).get("runs") or {}))
+    return [Reads("spm_validation", tuple(runs))]
+
+
+def _everything(config, spec, methods):
+    """The compute table sums the benchmark TSV of every job (--benchmarks): it runs last, after
+    every other output of the run; of these it reads only the summary tables (the gains)."""
+    from spo.config_queries import evaluated_methods
+
+    trained = [m for m in evaluated_methods(config) if "train" in config["methods"][m]]
+    others = [n for n in (config.get("figures") or {}) if n != "compute"]
+    return [Reads("tables"), Reads("all_scores"), Reads("spm_outputs"),
+            Reads("trained", tuple(trained)), Reads("figures", tuple(others)),
+            Reads("paper_numbers", passed=False)]
+
+
+_GRIDS = "spo.report.figures_grids"
+_STATS = "spo.report.figures_stats"
+
+FIGURES: dict[str, Figure] = {f.name: f for f in (
+    # 3 x 8 grid: base / Diffusion-DPO / SPO on the Table 10 prompts
+    Figure("figure2", f"{_GRIDS}:prompt_grid", _shards, _rows),
+    # 4 x 5 grid of the SPO model on the Table 11 prompts
+    Figure("figure11", f"{_GRIDS}:prompt_grid", _shards, _rows),
+    # x̂0 win / lose pairs chosen by the SPM while training (train.dump_examples)
+    Figure("figure5", f"{_GRIDS}:win_lose_pairs", _trained, _listed, trained_only=True),
+    # automatic win / draw / loss per metric beside the paper's user study
+    Figure("figure6", f"{_STATS}:figure6", _scores, _figure6_methods, sidecars=(".csv",)),
+    # generic pair label vs an aesthetic predictor on the SPM pairs (supplement Fig. 9)
+    Figure("disagreement", f"{_STATS}:disagreement", _pairs,
+           extra=("models_root",), torch_threads=True),
+    # a trained LoRA on another model of its family (the paper's Glyph-ByT5 figure)
+    Figure("lora_transfer", f"{_GRIDS}:lora_transfer", _shards, _transfer_methods),
+    # SPM pairwise accuracy against t, with the ceiling
+    Figure("spm_accuracy", f"{_STATS}:spm_accuracy", _validation),
+    # loss, ratios and preference score per round, one column per method
+    Figure("training_curves", f"{_STATS}:training_curves", _trained, _curve_methods,
+           trained_only=True),
+    # wall-clock / GPU-hours per stage and per method beside the paper's
+    Figure("compute", "spo.report.figures_compute:compute_table", _everything,
+           sidecars=(".csv", ".md"), extra=("gpus", "benchmarks")),
+)}
