@@ -28,8 +28,14 @@ from spo.config_spec import ConfigError  # noqa: F401 (defined beside the typed 
 
 @lru_cache(maxsize=1)
 def config_schema() -> dict[str, Any]:
+    """spo/config_schema.yaml, with each figure's block schema from the figure registry."""
+    from spo.report.figure_registry import FIGURES
+
     text = resources.files("spo").joinpath("config_schema.yaml").read_text()
-    return yaml.safe_load(text)
+    schema = yaml.safe_load(text)
+    schema["properties"]["figures"]["properties"] = {
+        name: figure.schema for name, figure in FIGURES.items() if figure.schema is not None}
+    return schema
 
 
 SOURCE_KEYS = {"id", "path", "tiny"}

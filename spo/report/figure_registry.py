@@ -106,6 +106,9 @@ class Figure:
     sidecars: tuple[str, ...] = ()  # outputs beside <name>.png and <name>.json
     extra: tuple[str, ...] = ()  # keys of ARGUMENTS it takes as keyword arguments
     torch_threads: bool = False  # it runs a network: set torch's threads as the torch stages do
+    # JSON Schema of its figures.<name> block; spo.config adds it to spo/config_schema.yaml's
+    # `figures` at load, so a figure's config keys are declared here, beside the figure
+    schema: dict[str, Any] | None = None
 
     @property
     def caption(self) -> str:
@@ -216,29 +219,109 @@ def _everything(config, spec, methods):
             Reads("paper_numbers", passed=False)]
 
 
+# --- each figure's config block (JSON Schema; "#/$defs/..." refer to spo/config_schema.yaml) ----
+_NAME = {"$ref": "#/$defs/name"}
+
+
+def _names(description: str | None = None, min_items: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "array", "items": _NAME}
+    if min_items:
+        out["minItems"] = min_items
+    if description:
+        out["description"] = description
+    return out
+
+
+def _block(description: str | None, properties: dict[str, Any], required: tuple = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
+    if required:
+        out["required"] = list(required)
+    if description:
+        out["description"] = description
+    return out
+
+
+def _count(minimum: int, description: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "integer", "minimum": minimum}
+    if description:
+        out["description"] = description
+    return out
+
+
+def _grid(description: str) -> dict[str, Any]:
+    return {"$ref": "#/$defs/figure_grid", "description": description}
+
+
+_FIGURE5 = _block("x̂0 win / lose pairs the preference model chose while training (needs "
+                  "train.dump_examples)",
+                  {"methods": _names(min_items=1),
+                   "pairs": _count(1, "pairs shown per dumped round (first and last)")},
+                  required=("methods",))
+_OPPONENT = _block(None, {"method": _NAME,
+                          "paper": {"description": "which user-study panel it stands beside",
+                                    "enum": ["diffusion-dpo", "base"]}},
+                   required=("method", "paper"))
+_FIGURE6 = _block("automatic win / draw / loss per metric (same prompt and seed) beside the paper's "
+                  "user study",
+                  {"prompt_set": _NAME, "method": _NAME,
+                   "opponents": {"type": "array", "minItems": 1, "items": _OPPONENT},
+                   "metrics": _names(),
+                   "draw_tolerance": {"description": "a draw when |score difference| <= this x the "
+                                                     "metric's pooled sd",
+                                      "type": "number", "minimum": 0}},
+                  required=("prompt_set", "method", "opponents"))
+_DISAGREEMENT = _block("how often the pair label and an aesthetic predictor disagree on spm pairs",
+                       {"dataset": {"description": "a key of spm.datasets", **_NAME},
+                        "predictor": {"description": "a key of metrics", **_NAME},
+                        "splits": {"description": "pair splits to read (default both)",
+                                   "type": "array", "minItems": 1,
+                                   "items": {"enum": ["train", "validation"]}},
+                        "max_pairs": _count(1, "pairs scored per split (a random subset beyond it)"),
+                        "examples": _count(0), "seed": _count(0)},
+                       required=("dataset", "predictor"))
+_LORA_TRANSFER = _block("a trained LoRA on another model of its family: target alone vs target + LoRA",
+                        {"lora_method": {"description": "the trained method whose LoRA is applied", **_NAME},
+                         "target_model": {"description": "a key of models", **_NAME},
+                         "base_method": {"description": "a method of target_model without LoRA", **_NAME},
+                         "transfer_method": {"description": "a method of target_model whose lora: "
+                                                            "{path} is lora_method's training output "
+                                                            "folder", **_NAME},
+                         "prompt_set": _NAME, "columns": _count(1)},
+                        required=("lora_method", "target_model", "base_method", "transfer_method",
+                                  "prompt_set"))
+_SPM_ACCURACY = _block(None, {"runs": _names("spm runs (default: all)")})
+_TRAINING_CURVES = _block(None, {"methods": _names("trained methods (default: all)")})
+_COMPUTE = _block(None, {"metric": {"description": "the preference metric whose gain per compute "
+                                                   "hour is tabulated (default colorfulness)", **_NAME}})
+
 _GRIDS = "spo.report.figures_grids"
 _STATS = "spo.report.figures_stats"
 
 FIGURES: dict[str, Figure] = {f.name: f for f in (
     # 3 x 8 grid: base / Diffusion-DPO / SPO on the Table 10 prompts
-    Figure("figure2", f"{_GRIDS}:prompt_grid", _shards, _rows),
+    Figure("figure2", f"{_GRIDS}:prompt_grid", _shards, _rows,
+           schema=_grid("3 x 8 grid: base / Diffusion-DPO / SPO on the Table 10 prompts")),
     # 4 x 5 grid of the SPO model on the Table 11 prompts
-    Figure("figure11", f"{_GRIDS}:prompt_grid", _shards, _rows),
+    Figure("figure11", f"{_GRIDS}:prompt_grid", _shards, _rows,
+           schema=_grid("4 x 5 grid of SPO samples on the Table 11 prompts")),
     # x̂0 win / lose pairs chosen by the SPM while training (train.dump_examples)
-    Figure("figure5", f"{_GRIDS}:win_lose_pairs", _trained, _listed, trained_only=True),
+    Figure("figure5", f"{_GRIDS}:win_lose_pairs", _trained, _listed, trained_only=True,
+           schema=_FIGURE5),
     # automatic win / draw / loss per metric beside the paper's user study
-    Figure("figure6", f"{_STATS}:figure6", _scores, _figure6_methods, sidecars=(".csv",)),
+    Figure("figure6", f"{_STATS}:figure6", _scores, _figure6_methods, sidecars=(".csv",),
+           schema=_FIGURE6),
     # generic pair label vs an aesthetic predictor on the SPM pairs (supplement Fig. 9)
     Figure("disagreement", f"{_STATS}:disagreement", _pairs,
-           extra=("models_root",), torch_threads=True),
+           extra=("models_root",), torch_threads=True, schema=_DISAGREEMENT),
     # a trained LoRA on another model of its family (the paper's Glyph-ByT5 figure)
-    Figure("lora_transfer", f"{_GRIDS}:lora_transfer", _shards, _transfer_methods),
+    Figure("lora_transfer", f"{_GRIDS}:lora_transfer", _shards, _transfer_methods,
+           schema=_LORA_TRANSFER),
     # SPM pairwise accuracy against t, with the ceiling
-    Figure("spm_accuracy", f"{_STATS}:spm_accuracy", _validation),
+    Figure("spm_accuracy", f"{_STATS}:spm_accuracy", _validation, schema=_SPM_ACCURACY),
     # loss, ratios and preference score per round, one column per method
     Figure("training_curves", f"{_STATS}:training_curves", _trained, _curve_methods,
-           trained_only=True),
+           trained_only=True, schema=_TRAINING_CURVES),
     # wall-clock / GPU-hours per stage and per method beside the paper's
     Figure("compute", "spo.report.figures_compute:compute_table", _everything,
-           sidecars=(".csv", ".md"), extra=("gpus", "benchmarks")),
+           sidecars=(".csv", ".md"), extra=("gpus", "benchmarks"), schema=_COMPUTE),
 )}
