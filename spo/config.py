@@ -237,6 +237,10 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
     out += _replicate_errors(config)
     if config.get("world") is not None:
         out += _world_errors(config["world"])
+    if config.get("spm"):  # cross references and settings the schema cannot express
+        from spo.spm.config_check import spm_block_errors
+
+        out += spm_block_errors(config)
     if config.get("figures"):  # issue 7: methods and prompt sets the figures name
         from spo.report.figure_registry import check_figures
 

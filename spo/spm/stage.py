@@ -123,25 +123,17 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
 
 
 def check_spm_config(config: dict[str, Any]) -> None:
-    """Cross references the schema cannot express; errors name the key and the defined names."""
-    spm = config.get("spm")
-    if not spm:
-        raise SystemExit("error: the config has no `spm:` block (config/config.yaml shows one)")
-    models, datasets = config["models"], spm["datasets"]
-    problems = []
-    for name, ds in datasets.items():
-        if is_tiny(ds) and ds["tiny"]["model"] not in models:
-            problems.append(f"config key 'spm.datasets.{name}.tiny.model' names '{ds['tiny']['model']}', "
-                            f"not under 'models' ({', '.join(sorted(models))})")
-    for name, run in spm["runs"].items():
-        if run["model"] not in models:
-            problems.append(f"config key 'spm.runs.{name}.model' names '{run['model']}', not under "
-                            f"'models' ({', '.join(sorted(models))})")
-        if run["data"] not in datasets:
-            problems.append(f"config key 'spm.runs.{name}.data' names '{run['data']}', not under "
-                            f"'spm.datasets' ({', '.join(sorted(datasets))})")
+    """Cross references the schema cannot express (``spo.spm.config_check``, also run at load);
+    raises ``ConfigError`` naming each key."""
+    from spo.config_spec import ConfigError
+    from spo.spm.config_check import spm_block_errors
+
+    if not config.get("spm"):
+        raise ConfigError("config key 'spm' is missing; the SPM stages need it (config/config.yaml "
+                          "shows one)")
+    problems = spm_block_errors(config)
     if problems:
-        raise SystemExit("error: " + "\n  ".join(problems))
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), problems)
 
 
 def save_tiny_pickscore(config: dict[str, Any], out_dir) -> int:

@@ -16,7 +16,6 @@ itself, for pairs labelled by colourfulness). Checkpoints live in ``<ckpt_dir>/s
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from pathlib import Path
@@ -38,22 +37,14 @@ class SPMTrainingError(RuntimeError):
 
 
 def check_run_spec(run: str, spec: dict[str, Any]) -> None:
-    """Numeric settings the schema cannot fully express; errors name ``spm.runs.<run>.<key>``."""
-    def bad(key, why):
-        raise SPMTrainingError(f"config key 'spm.runs.{run}.{key}' is {spec.get(key)!r}: {why}")
+    """Numeric settings the schema cannot fully express (``spo.spm.config_check``; the config
+    check at load runs the same); raises ``ConfigError`` naming ``spm.runs.<run>.<key>``."""
+    from spo.config_spec import ConfigError
+    from spo.spm.config_check import run_spec_errors
 
-    lr = spec.get("lr")
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr < 1:
-        bad("lr", "the learning rate must be a finite number in (0, 1), e.g. 3e-6")
-    for key in ("steps", "batch_size"):
-        if not isinstance(spec.get(key), int) or spec[key] < 1:
-            bad(key, "must be an integer >= 1")
-    if spec.get("warmup_steps", 0) >= spec["steps"] and spec.get("lr_schedule") == "warmup_decay":
-        bad("warmup_steps", f"must be below steps ({spec['steps']}) for warmup_decay")
-    for key, allowed in (("warmup_shape", ("linear", "log")), ("weight_decay_on", ("all", "matrices")),
-                         ("vae_latents", ("mean", "sample"))):
-        if spec.get(key, allowed[0]) not in allowed:
-            bad(key, f"allowed: {', '.join(allowed)}")
+    problems = run_spec_errors(run, spec)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), problems)
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer) -> Path:

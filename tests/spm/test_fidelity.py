@@ -176,11 +176,12 @@ def test_vae_posterior_sample_is_mean_plus_std_noise(tiny_models):
 
 
 def test_spm_keys_are_checked():
-    from spo.spm.train import SPMTrainingError, check_run_spec
+    from spo.config import ConfigError
+    from spo.spm.train import check_run_spec
 
     base = {"lr": 1e-6, "steps": 10, "batch_size": 4}
     for key in ("warmup_shape", "weight_decay_on", "vae_latents"):
-        with pytest.raises(SPMTrainingError, match=f"'spm.runs.r.{key}'"):
+        with pytest.raises(ConfigError, match=f"'spm.runs.r.{key}'"):
             check_run_spec("r", {**base, key: "nope"})
 
 

@@ -65,11 +65,27 @@ def test_nan_loss_stops_with_a_checkpoint(spm_world, spm_config, tmp_path, monke
     ("steps", 0, "spm.runs.tiny-sd15-spm.steps"),
 ])
 def test_bad_settings_name_the_key(key, value, match):
-    from spo.spm.train import SPMTrainingError, check_run_spec
+    from spo.config import ConfigError
+    from spo.spm.train import check_run_spec
 
     spec = {"lr": 1e-4, "steps": 5, "batch_size": 2, key: value}
-    with pytest.raises(SPMTrainingError, match=match):
+    with pytest.raises(ConfigError, match=match):
         check_run_spec("tiny-sd15-spm", spec)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("data", "nope", r"'spm.runs.tiny-sd15-spm.data' is 'nope'; it must be a key of 'spm.datasets'"),
+    ("model", "nope", r"'spm.runs.tiny-sd15-spm.model' is 'nope'; it must be a key of 'models'"),
+    ("lr", 1.0, r"'spm.runs.tiny-sd15-spm.lr' is 1.0; the learning rate must be a finite number in \(0, 1\)"),
+])
+def test_spm_settings_the_schema_cannot_express_fail_at_load(spm_config, key, value, match):
+    """What the SPM stages check before loading a model, the config check at load checks too
+    (`snakemake -n` stops on it; until issue 19 these stopped only the SPM job)."""
+    from spo.config import ConfigError, validate_config
+
+    spm_config["spm"]["runs"]["tiny-sd15-spm"][key] = value
+    with pytest.raises(ConfigError, match=match):
+        validate_config(spm_config)
 
 
 def test_schema_rejects_bad_learning_rate(spm_config):
