@@ -20,6 +20,7 @@ import yaml
 
 from spo.config_messages import schema_error_message
 from spo.config_messages import suggest as _suggest
+from spo.layout import LayoutError, lora_transfer_method
 from spo.config_queries import (evaluated_methods, evaluated_pairs,  # noqa: F401 (re-export)
                                 evaluated_prompt_sets, evaluation_groups, images_per_prompt,
                                 inference_steps, method_guidance_scale)
@@ -222,6 +223,10 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
                        f"not under 'methods'{_suggest(method['baseline'], methods)}")
         if "train" in method:
             out += _train_errors(config, name, method)
+        try:  # a `lora: {path}` into the training outputs must name a trained method here
+            lora_transfer_method(config, name)
+        except LayoutError as exc:
+            out.append(str(exc))
     for name, spec in sets.items():
         if "hub_parquet" in spec["source"] and "count" not in spec:
             out.append(f"config key 'prompt_sets.{name}.count' is required for a hub source: the "

@@ -108,6 +108,17 @@ def test_a_bad_lora_transfer_path_is_a_clear_error(path, match):
         lora_transfer_method(_config(path=path), "transfer")
 
 
+def test_a_bad_lora_transfer_path_fails_the_config_check_at_load():
+    """The config check (DAG start, every job's load) reports it as any other config error."""
+    from spo.config import ConfigError, load_config, validate_config
+
+    config = load_config([REPO / "config/config.yaml"], root=REPO)
+    config["methods"]["tiny-sdxl-b-mspo-lora"]["lora"] = {"path": layout.train_dir("nope")}
+    with pytest.raises(ConfigError, match=r"methods\.tiny-sdxl-b-mspo-lora\.lora\.path' is "
+                                          r"'results/train/nope'"):
+        validate_config(config)
+
+
 def test_the_shipped_configs_transfer_loras_parse():
     from spo.config import load_config
 
