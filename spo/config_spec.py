@@ -202,10 +202,6 @@ def block(cls: type, *, why=""):
     return _field(None, Spec("block", nullable=True, block=cls, why=why))
 
 
-def spec_of(cls: type, name: str) -> Spec:
-    return next(f.metadata["spec"] for f in fields(cls) if f.name == name)
-
-
 def same_field(cls: type, name: str):
     """A field declared like ``cls.<name>`` (default and spec): one declaration for keys that two
     settings classes share (the sampler keys of ``train``)."""

@@ -95,8 +95,11 @@ def lora_transfer(config: dict[str, Any], name: str, inputs: Sequence[str], out:
         if methods[method]["model"] != spec["target_model"]:
             problems.append(f"'figures.{name}.{key}' is '{method}', whose model is "
                             f"'{methods[method]['model']}', not the target_model '{spec['target_model']}'")
-    lora_path = (methods[transfer].get("lora") or {}).get("path", "")
-    if Path(lora_path).parts[-1:] != (lora_method,):
+    try:  # the one parser of a LoRA-transfer path (the config check at load runs it too)
+        transferred = layout.lora_transfer_method(config, transfer)
+    except layout.LayoutError:
+        transferred = None
+    if transferred != lora_method:
         problems.append(f"'methods.{transfer}.lora' must be {{path: {layout.train_dir(lora_method)}}} "
                         f"(the LoRA of lora_method), got {methods[transfer].get('lora')!r}")
     if "train" not in methods[lora_method]:
