@@ -50,5 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _entry() -> int:
+    """Through the DAG's job server when one runs on this host (spo/job_server.py), else here."""
+    from spo.job_server import run_through_server, server_address
+
+    path = server_address()
+    code = run_through_server(path, sys.argv[1:]) if path else None
+    return main() if code is None else code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_entry())

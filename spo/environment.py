@@ -71,7 +71,10 @@ def lock_sha256(root: str | Path = REPO_ROOT) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+@lru_cache(maxsize=1)
 def installed_versions() -> dict[str, str]:
+    """{canonical name: version} of this interpreter's packages; read once per process (~0.27 s:
+    every job checks the install and records it in its provenance)."""
     from importlib import metadata
 
     return {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()

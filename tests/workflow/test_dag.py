@@ -171,6 +171,19 @@ def test_table3_is_scored_by_the_world_detector(tiny_run, checkout, config):
         assert row["n_images"] == 24 * 2
 
 
+def test_jobs_ran_as_forks_of_the_job_server(tiny_run, checkout):
+    """The tiny profile's `job_server: true`: the server started, every job reached it (a job that
+    could not would say so in its log and run directly), and it stopped with the run."""
+    server_log = (checkout / "results/logs/job_server.log").read_text()
+    socket_path = re.search(r"listening at (\S+)", server_log)
+    assert socket_path, server_log
+    logs = list((checkout / "results/logs").rglob("*.log"))
+    assert len(logs) > 100
+    unreached = [p for p in logs if "job server" in p.read_text(errors="replace") and p.name != "job_server.log"]
+    assert not unreached, unreached
+    assert not Path(socket_path.group(1)).exists()
+
+
 def test_second_run_does_nothing(tiny_run, checkout):
     proc = snakemake(checkout, "--cores", "2")
     assert "Nothing to be done" in proc.stdout + proc.stderr, jobs_run(proc)

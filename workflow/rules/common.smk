@@ -1,4 +1,5 @@
 # Config resolution and validation, target lists and input functions. No ML logic here.
+import os
 import sys
 from pathlib import Path
 
@@ -50,8 +51,42 @@ if workflow.remote_exec:
     write_resolved_config()
 
 
+# The tiny profile's job server (config key `job_server`, spo/job_server.py): local executor only;
+# a server that fails to start is an error before any job runs.
+JOB_SERVER = []
+
+
+def start_job_server():
+    plugin = workflow.executor_plugin
+    if not CONFIG.get("job_server") or workflow.remote_exec or plugin is None or plugin.name != "local":
+        return
+    from spo import job_server
+
+    try:
+        server = job_server.start(layout.log_file("job_server"), python=PYTHON)
+    except job_server.JobServerError as exc:
+        raise WorkflowError(f"{exc}\n(set `job_server: false` in the config to run jobs directly)")
+    JOB_SERVER.append(server)
+    os.environ[job_server.ENV] = server.env_value
+    logger.info(f"job server: every job runs as a fork of pid {server.process.pid} ({server.log_path})")
+
+
+def stop_job_server():
+    while JOB_SERVER:
+        JOB_SERVER.pop().stop()
+
+
 onstart:
     write_resolved_config()
+    start_job_server()
+
+
+onsuccess:
+    stop_job_server()
+
+
+onerror:
+    stop_job_server()
 
 
 PYTHON = sys.executable
