@@ -144,15 +144,28 @@ def optimizer_step(params, optimizer, accelerator, world: int, grad_clip: float,
     saved; either raises ``guard.error``."""
     params = list(params)
     average_gradients(params, world)
+    # fp16 (spo.training.precision): accelerator.backward scaled the loss; the optimizer is not
+    # accelerate's, so the gradients are unscaled here, and an overflow skips the step and
+    # lowers the scale (GradScaler's rule) instead of stopping the training.
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if guard is not None:
         bad = nonfinite_params([p.grad for p in params])
-        if bad:
+        if bad and scaler is not None:
+            log.warning("fp16 loss scale %g overflowed at %s: step skipped, scale lowered",
+                        scaler.get_scale(), where)
+        elif bad:
             optimizer.zero_grad(set_to_none=True)
             raise guard.error(f"the gradients of {len(bad)} of {len(params)} trained tensors are "
                               f"NaN or infinite", where)
     if grad_clip:
         accelerator.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if guard is not None:
         bad = nonfinite_params([p.detach() for p in params])
