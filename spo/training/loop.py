@@ -135,6 +135,17 @@ def average_gradients(params, world: int) -> None:
         p.grad /= world
 
 
+def restore_loss_scale(accelerator, optimizer) -> None:
+    """fp16: set accelerate's GradScaler to the state a resumed optimizer carries (its first
+    param group's ``loss_scaler``, which ``optimizer_step`` keeps there, so that checkpoints hold
+    it with the optimizer); call before the first backward pass. Nothing without a scaler."""
+    scaler = getattr(accelerator, "scaler", None)
+    saved = optimizer.param_groups[0].get("loss_scaler")
+    if scaler is not None and saved is not None and getattr(optimizer, "_spo_scale_restored", None) is not scaler:
+        scaler.load_state_dict(saved)
+        optimizer._spo_scale_restored = scaler
+
+
 def optimizer_step(params, optimizer, accelerator, world: int, grad_clip: float, *,
                    guard: Guard | None = None, where: str = "an optimizer step") -> None:
     """Average the gradients over processes, clip (when ``grad_clip``), step, zero them.
@@ -164,6 +175,7 @@ def optimizer_step(params, optimizer, accelerator, world: int, grad_clip: float,
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
+        optimizer.param_groups[0]["loss_scaler"] = scaler.state_dict()  # checkpointed with it
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -190,6 +202,7 @@ def backward_micro_batch(loss: torch.Tensor, j: int, n_micro: int, step: int, *,
     after the last one (``unit`` keeps the round's starting state before its first update).
     Returns the optimizer step count after it."""
     stop_if_not_finite(loss, guard=guard, where=where, world=world)
+    restore_loss_scale(accelerator, optimizer)
     accelerator.backward(loss / settings.grad_accum)
     if (j + 1) % settings.grad_accum == 0 or j + 1 == n_micro:
         if unit is not None:

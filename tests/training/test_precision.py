@@ -265,3 +265,24 @@ def test_fp16_gradients_are_unscaled_before_the_step(tmp_path):
     assert torch.equal(plain, scaled)  # clipping and the step saw the unscaled gradient
     kept, acc = run(True, bad=True)  # an overflow: the step is skipped, the scale lowered
     assert torch.equal(kept, torch.tensor([1.0, -2.0])) and acc.scaler.get_scale() == 512.0
+
+
+def test_the_fp16_loss_scale_is_checkpointed_with_the_optimizer(tmp_path):
+    """The scaler's state rides in the optimizer's first param group, so a checkpoint (which
+    holds the optimizer's state dict) resumes it, before the first backward pass."""
+    from spo.training.loop import Guard, optimizer_step, restore_loss_scale
+
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    acc = _ScaledAccelerator(1024.0)
+    for bad in (True, False):  # an overflow halves the scale, then a good step
+        acc.scaler.scale((p * torch.tensor([3.0, float("inf") if bad else 0.5])).sum()).backward()
+        optimizer_step([p], opt, acc, 1, 0.0, guard=Guard(tmp_path, "fix"))
+    state = copy.deepcopy(opt.state_dict())
+    fresh = torch.optim.AdamW([torch.nn.Parameter(p.detach().clone())], lr=0.1)
+    fresh.load_state_dict(state)
+    resumed = _ScaledAccelerator(1024.0)
+    restore_loss_scale(resumed, fresh)
+    assert resumed.scaler.get_scale() == acc.scaler.get_scale() == 512.0
+    assert resumed.scaler.state_dict() == acc.scaler.state_dict()
+    restore_loss_scale(_ScaledAccelerator(None), fresh)  # bf16 / no: nothing to restore
