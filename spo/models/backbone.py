@@ -7,6 +7,7 @@ embeddings and the six ``add_time_ids``) travels inside ``Conditioning``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -53,10 +54,19 @@ class Backbone:
         pipe: the pipeline (its UNet may carry a LoRA adapter).
         resolution: image side in pixels of sampled images (latents are resolution /
             vae_scale_factor); only ``initial_latents`` needs it.
+        autocast: a callable returning the context every forward pass (text encoders, UNet, VAE)
+            runs in: the training precision policy's (``spo.training.precision``); none: no
+            autocast.
     """
 
-    def __init__(self, pipe, resolution: int | None = None):
+    def __init__(self, pipe, resolution: int | None = None, autocast=None):
         self.pipe = pipe
+        self.autocast = autocast or contextlib.nullcontext
+        # A VAE kept float32 under a half-precision policy (spo.training.precision.cast_frozen)
+        # decodes without autocast, as diffusers' SDXL pipeline upcasts it.
+        vae = getattr(pipe, "vae", None)
+        self._vae_autocast = (self.autocast if vae is None or vae.dtype != torch.float32
+                              else contextlib.nullcontext)
         self.unet = pipe.unet
         self.is_sdxl = getattr(pipe, "text_encoder_2", None) is not None
         self.resolution = resolution or default_resolution(pipe)
@@ -75,11 +85,12 @@ class Backbone:
     def encode(self, prompts: Sequence[str]) -> Conditioning:
         """Encode prompts and the empty negative prompt (CFG), frozen text encoders."""
         prompts = list(prompts)
-        if not self.is_sdxl:
-            cond, uncond = self.pipe.encode_prompt(prompts, self.device, 1, True)
-            return Conditioning(cond, uncond)
-        cond, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
-            prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+        with self.autocast():
+            if not self.is_sdxl:
+                cond, uncond = self.pipe.encode_prompt(prompts, self.device, 1, True)
+                return Conditioning(cond, uncond)
+            cond, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
+                prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
         return Conditioning(cond, uncond, pooled, uncond_pooled)
 
     def time_ids(self, latents: torch.Tensor) -> torch.Tensor:
@@ -106,7 +117,8 @@ class Backbone:
             extra["added_cond_kwargs"] = {
                 "text_embeds": torch.cat([cond.uncond_pooled, cond.pooled]).to(dtype),
                 "time_ids": self.time_ids(latents).repeat(len(x), 1)}
-        out = self.unet(x, tt, encoder_hidden_states=states, **extra).sample
+        with self.autocast():
+            out = self.unet(x, tt, encoder_hidden_states=states, **extra).sample
         eps_u, eps_c = out.chunk(2)
         return eps_u + guidance_scale * (eps_c - eps_u)
 
@@ -114,7 +126,8 @@ class Backbone:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, C, h, w) -> images (B, 3, H, W) float32 in [0, 1]."""
         vae = self.pipe.vae
-        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        with self._vae_autocast():
+            images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
         return ((images.float() + 1) / 2).clamp(0, 1)
 
     def initial_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:

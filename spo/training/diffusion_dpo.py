@@ -50,7 +50,8 @@ from spo.training.baseline_settings import KEY, DPOSettings
 from spo.training.dpo_data import PairSource, pair_latents
 from spo.training.lora import reference_mode
 from spo.training.loop import (Guard, Unit, accelerator_on, check_trained, end_of_unit, lr_fix,
-                               optimizer_step, save_state, stop_if_not_finite, write_outputs)
+                               optimizer_step, restore_loss_scale, save_state, stop_if_not_finite,
+                               write_outputs)
 from spo.training.settings import TrainSettings
 from spo.training.spo_trainer import adamw, start_checkpoints, trainable_lora
 
@@ -216,6 +217,7 @@ def train_diffusion_dpo(backbone: Backbone, pipeline_class, prompts, preference,
                     out = micro_loss(backbone, rows, dpo, _generator(settings.seed, step, rank, j), dtype,
                                      ref_unet)
                 stop_if_not_finite(out["loss"], guard=guard, where=f"step {step}", world=world)
+                restore_loss_scale(accelerator, optimizer)
                 accelerator.backward(out["loss"] / n_micro)
                 for key in sums:
                     sums[key] += out[key].item() / n_micro

@@ -135,6 +135,17 @@ def average_gradients(params, world: int) -> None:
         p.grad /= world
 
 
+def restore_loss_scale(accelerator, optimizer) -> None:
+    """fp16: set accelerate's GradScaler to the state a resumed optimizer carries (its first
+    param group's ``loss_scaler``, which ``optimizer_step`` keeps there, so that checkpoints hold
+    it with the optimizer); call before the first backward pass. Nothing without a scaler."""
+    scaler = getattr(accelerator, "scaler", None)
+    saved = optimizer.param_groups[0].get("loss_scaler")
+    if scaler is not None and saved is not None and getattr(optimizer, "_spo_scale_restored", None) is not scaler:
+        scaler.load_state_dict(saved)
+        optimizer._spo_scale_restored = scaler
+
+
 def optimizer_step(params, optimizer, accelerator, world: int, grad_clip: float, *,
                    guard: Guard | None = None, where: str = "an optimizer step") -> None:
     """Average the gradients over processes, clip (when ``grad_clip``), step, zero them.
@@ -144,15 +155,29 @@ def optimizer_step(params, optimizer, accelerator, world: int, grad_clip: float,
     saved; either raises ``guard.error``."""
     params = list(params)
     average_gradients(params, world)
+    # fp16 (spo.training.precision): accelerator.backward scaled the loss; the optimizer is not
+    # accelerate's, so the gradients are unscaled here, and an overflow skips the step and
+    # lowers the scale (GradScaler's rule) instead of stopping the training.
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if guard is not None:
         bad = nonfinite_params([p.grad for p in params])
-        if bad:
+        if bad and scaler is not None:
+            log.warning("fp16 loss scale %g overflowed at %s: step skipped, scale lowered",
+                        scaler.get_scale(), where)
+        elif bad:
             optimizer.zero_grad(set_to_none=True)
             raise guard.error(f"the gradients of {len(bad)} of {len(params)} trained tensors are "
                               f"NaN or infinite", where)
     if grad_clip:
         accelerator.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.param_groups[0]["loss_scaler"] = scaler.state_dict()  # checkpointed with it
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if guard is not None:
         bad = nonfinite_params([p.detach() for p in params])
@@ -177,6 +202,7 @@ def backward_micro_batch(loss: torch.Tensor, j: int, n_micro: int, step: int, *,
     after the last one (``unit`` keeps the round's starting state before its first update).
     Returns the optimizer step count after it."""
     stop_if_not_finite(loss, guard=guard, where=where, world=world)
+    restore_loss_scale(accelerator, optimizer)
     accelerator.backward(loss / settings.grad_accum)
     if (j + 1) % settings.grad_accum == 0 or j + 1 == n_micro:
         if unit is not None:

@@ -18,7 +18,7 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 def attach_lora(unet, *, rank: int, alpha: float | None = None,
                 targets: Sequence[str] = DEFAULT_TARGETS, init: str = "gaussian") -> list[torch.nn.Parameter]:
-    """Freeze ``unet`` and add a LoRA adapter; returns the trainable parameters.
+    """Freeze ``unet`` and add a LoRA adapter; returns the trainable parameters (float32).
 
     ``init="gaussian"`` is the official SPO setting (peft's gaussian A, zero B); ``"default"`` is
     peft's Kaiming A. Either way B = 0, so the adapted UNet starts equal to the base.
@@ -35,6 +35,11 @@ def attach_lora(unet, *, rank: int, alpha: float | None = None,
                                 init_lora_weights=init_arg))
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
+        # peft stores the adapter in its base layer's dtype: on a half-precision UNet
+        # (spo.training.precision) the trained weights, and so AdamW's state, are kept float32
+        # (diffusers' cast_training_params); a float32 / float64 UNet's adapter is left as it is.
+        if p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
         p.requires_grad_(True)
     return params
 

@@ -87,7 +87,8 @@ class TrainSettings:
     accumulate_across_rounds: bool = flag(False, why="true: the official SDXL trainer, accumulation carries over rounds")
     epochs: int = integer(10, ge=1)
     max_rounds: int | None = integer(None, ge=1, nullable=True, why="stop early; null: every round of the epochs")
-    mixed_precision: str = choice("no", ("no", "fp16", "bf16"))
+    mixed_precision: str = choice("no", ("no", "fp16", "bf16"),
+                                  why="the frozen weights' dtype and autocast; see spo.training.precision")
     gradient_checkpointing: bool = flag(False)
     checkpoint_every: int = integer(1, ge=1, why="rounds between resumable checkpoints")
     # Figure 5: x̂0 win / lose pairs of the first and last round

@@ -117,7 +117,14 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
     settings.process_batches(launch_world_size())
     model_cfg = config["models"][method_cfg["model"]]
     device = device or process_device()  # cuda:<LOCAL_RANK> under a multi-GPU launch
+    # ... and the precision policy must run on this device (spo.training.precision).
+    from spo.training.precision import cast_frozen, check_precision, under_policy
+
+    precision = check_precision(settings.mixed_precision, device,
+                                key=f"methods.{method}.train.mixed_precision")
     pipe = load_model_pipeline(config, method_cfg["model"], models_root=models_root, device=device)
+    full_unet = settings.algorithm == "diffusion-dpo" and settings.algorithm_settings().full_unet
+    cast_frozen(pipe, precision, keep_unet=full_unet)  # a wholly trained UNet stays float32
     resolution = (settings.resolution or config["generation"]["resolution"]
                   or default_resolution(pipe))
     extra: dict[str, Any] = {}
@@ -133,7 +140,8 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
             from spo.spm.stage import resolve_pickscore
 
             spec["model_dir"], spec["processor_dir"] = resolve_pickscore(config, models_root)
-        preference = build_preference(spec, device=device, models_root=str(models_root))
+        preference = under_policy(build_preference(spec, device=device, dtype=precision.dtype_name,
+                                                   models_root=str(models_root)), precision)
     inputs = training_input_digests(
         config, method, settings, models_root=models_root, root=root,
         preference_spec=spec if preference is not None else None, resolution=resolution,
@@ -142,5 +150,6 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
                 "resolution": resolution, "n_prompts": len(prompts),
                 "fingerprint": stable_hash(method_cfg), "inputs": inputs}
     trainer = trainer_for(settings.algorithm)
-    return trainer(Backbone(pipe, resolution), pipeline_class(model_cfg["family"]), prompts,
+    return trainer(Backbone(pipe, resolution, autocast=precision.autocast),
+                   pipeline_class(model_cfg["family"]), prompts,
                    preference, settings, out_dir, checkpoint_dir, resolved=resolved, **extra)
