@@ -62,20 +62,22 @@ def load_model_pipeline(config: dict[str, Any], model_name: str, *, models_root:
     """The base pipeline ``models.<model_name>`` (optionally with a replacement UNet), DDIM scheduler."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-    model_cfg = config["models"][model_name]
-    unet_source = unet_source or model_cfg.get("unet")  # a method's own UNet wins over the model's
+    from spo.config_blocks import model_spec
+
+    model_cfg = model_spec(config, model_name)
+    unet_source = unet_source or model_cfg.unet  # a method's own UNet wins over the model's
     torch_dtype = DTYPES[dtype]
     tiny_dir = tiny_model_dir(models_root, model_name)
     parts: dict[str, Any] = {}
-    if model_cfg["family"] == "sd15":
+    if model_cfg.family == "sd15":
         parts.update(safety_checker=None, requires_safety_checker=False)
-    if "vae" in model_cfg:
-        parts["vae"] = from_pretrained(AutoencoderKL.from_pretrained, model_cfg["vae"],
+    if model_cfg.vae is not None:
+        parts["vae"] = from_pretrained(AutoencoderKL.from_pretrained, model_cfg.vae,
                                        tiny_dir=tiny_dir / "vae", dtype=torch_dtype)
     if unet_source is not None:
         parts["unet"] = from_pretrained(UNet2DConditionModel.from_pretrained, unet_source,
                                         tiny_dir=tiny_dir / "unet", dtype=torch_dtype)
-    pipe = from_pretrained(pipeline_class(model_cfg["family"]).from_pretrained, model_cfg["source"],
+    pipe = from_pretrained(pipeline_class(model_cfg.family).from_pretrained, model_cfg.source,
                            tiny_dir=tiny_dir, dtype=torch_dtype, **parts)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

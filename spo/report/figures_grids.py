@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from spo import layout
+from spo.config_blocks import prompt_set_spec
 
 from spo.report.figures_common import (FigureError, check_methods, colorfulness, draw_grid,
                                        figure_spec, image_table, load_rgb, prompt_order,
@@ -67,7 +68,7 @@ def prompt_grid(config: dict[str, Any], name: str, inputs: Sequence[str], out: s
     col_labels = [] if one_method else [wrap(t, 24, 3) for t in prompts["prompt"][:columns]]
     row_labels = [wrap(method_label(config, m), 16, 3) for m in row_methods]
     colour = {m: float(np.mean([colorfulness(load_rgb(p)) for p in table[m]])) for m in methods}
-    label = config["prompt_sets"][prompt_set].get("label", prompt_set)
+    label = prompt_set_spec(config, prompt_set).label_or(prompt_set)
     draw_grid(cells, out, row_labels=row_labels, col_labels=col_labels, cell_captions=captions,
               title=spec.get("title", f"{label}: " + " / ".join(method_label(config, m) for m in methods)))
     return write_data(out, {

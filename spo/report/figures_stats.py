@@ -147,6 +147,7 @@ def disagreement(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
 
     from PIL import Image
 
+    from spo.config_blocks import metric_spec
     from spo.metrics import build_scorer, resolve_weights
     from spo.spm.data import read_pairs
 
@@ -155,9 +156,10 @@ def disagreement(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
     if predictor not in config["metrics"]:
         raise FigureError(f"config key 'figures.{name}.predictor' names '{predictor}', which is not "
                           f"under 'metrics'; defined: {', '.join(sorted(config['metrics']))}")
-    mspec = config["metrics"][predictor]
+    mspec = config["metrics"][predictor]  # the scorers read their block as the config's mapping
     weights = resolve_weights(mspec, tiny_root=str(Path(models_root) / "metrics" / predictor))
-    scorer = build_scorer(mspec.get("scorer", predictor), mspec, device="cpu", weights=weights)
+    scorer = build_scorer(metric_spec(config, predictor).scorer_of(predictor), mspec, device="cpu",
+                          weights=weights)
     max_pairs, n_examples = int(spec.get("max_pairs", 2000)), int(spec.get("examples", 4))
     rng = np.random.default_rng(int(spec.get("seed", 0)))
     results, examples = [], []
@@ -224,6 +226,8 @@ def disagreement(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
 def spm_accuracy(config: dict[str, Any], name: str, inputs: Sequence[str], out: str | Path,
                  root: str | Path = ".") -> dict[str, Any]:
     """Pairwise accuracy against t of each SPM run (untrained and trained), with the ceiling."""
+    from spo.spm.settings import spm_run
+
     frames = [pd.read_csv(f) for f in inputs]
     if not frames:
         raise FigureError(f"figure '{name}': no validation CSV among the inputs")
@@ -244,7 +248,8 @@ def spm_accuracy(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
         ax.set_xlabel("t")
         ax.set_ylabel("pairwise accuracy")
         ax.set_ylim(0.3, 1.02)
-        label = ((config.get("spm") or {}).get("runs", {}).get(run) or {}).get("label", run)
+        label = spm_run(config, run).label if run in ((config.get("spm") or {}).get("runs") or {}) else None
+        label = run if label is None else label
         ax.set_title(f"{label} (n={int(part['pairs'].max())} pairs)", fontsize=8)
         ax.legend(fontsize=6)
     fig.tight_layout()

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 from spo.config import ConfigError, evaluated_methods, evaluated_pairs, evaluated_prompt_sets, load_yaml, resolve_config, train_settings, validate_config
+from spo.config import generation_spec, geneval_settings, metric_spec, model_spec, prompt_set_spec, resources_override, scoring_settings
 from spo import layout
 from spo.source_kind import is_tiny
 from spo.io import stable_hash, write_text_atomic
@@ -72,8 +73,8 @@ wildcard_constraints:
 def n_shards(prompt_set):
     from spo.prompts import count_prompts, num_shards
 
-    spec = CONFIG["prompt_sets"][prompt_set]
-    return num_shards(count_prompts(spec, workflow.basedir), CONFIG["generation"]["shard_size"])
+    spec = prompt_set_spec(CONFIG, prompt_set)
+    return num_shards(count_prompts(spec, workflow.basedir), generation_spec(CONFIG).shard_size)
 
 
 def shard_dirs(method, prompt_set):
@@ -93,7 +94,7 @@ ALL_METRICS = "all-metrics"
 
 def scoring_groups():
     """Scoring jobs: one per metric (clusters), or one for every metric (saves CPU start-ups)."""
-    if (CONFIG.get("scoring") or {}).get("one_job_per_metric", True):
+    if scoring_settings(CONFIG).one_job_per_metric:
         return {metric: [metric] for metric in CONFIG["metrics"]}
     return {ALL_METRICS: list(CONFIG["metrics"])}
 
@@ -125,10 +126,11 @@ def model_inputs(model):
     other local models."""
     from spo.models.sources import shipped_manifest
 
-    spec = CONFIG["models"][model]
-    if is_tiny(spec["source"]):
+    spec = model_spec(CONFIG, model)
+    if is_tiny(spec.source):
         return {"model": layout.tiny_pipeline_dir(model)}
-    manifests = {shipped_manifest(spec[k]) for k in ("source", "vae", "unet") if k in spec} - {None}
+    parts = (spec.source, spec.vae, spec.unet)
+    manifests = {shipped_manifest(part) for part in parts if part is not None} - {None}
     return {"world": sorted(manifests)} if manifests else {}
 
 
@@ -140,7 +142,7 @@ def prompt_source_inputs(prompt_set):
     """The local file a prompt set is read from: shipped, or fetched by rule fetch_prompts."""
     from spo.prompts import fetched_prompt_file
 
-    source = CONFIG["prompt_sets"][prompt_set]["source"]
+    source = prompt_set_spec(CONFIG, prompt_set).source
     if "path" in source:
         return {"prompts": source["path"]}
     if "url" in source:
@@ -154,8 +156,8 @@ def prompt_file_inputs(wildcards):
 
 def fetch_prompt_set(wildcards):
     """The prompt set whose `url` source is stored under this checksum name."""
-    for name, spec in CONFIG["prompt_sets"].items():
-        if spec["source"].get("url", {}).get("sha256", "")[:16] == wildcards.checksum:
+    for name in CONFIG["prompt_sets"]:
+        if prompt_set_spec(CONFIG, name).source.get("url", {}).get("sha256", "")[:16] == wildcards.checksum:
             return name
     raise WorkflowError(f"no prompt set with a url source of sha256 {wildcards.checksum}...")
 
@@ -247,7 +249,7 @@ def train_launcher(wildcards, resources):
 def tiny_metric_inputs(wildcards):
     from spo.models.sources import shipped_manifest
 
-    weights = {m: (CONFIG["metrics"][m].get("weights") or {}) for m in metric_group(wildcards.scoring)}
+    weights = {m: metric_spec(CONFIG, m).weights for m in metric_group(wildcards.scoring)}
     return {
         "weights": [layout.tiny_metric_dir(m) for m, w in weights.items()
                     if any(is_tiny(s) for s in w.values())],
