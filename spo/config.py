@@ -26,9 +26,9 @@ from spo.config_queries import (evaluated_methods, evaluated_pairs,  # noqa: F40
                                 inference_steps, method_guidance_scale)
 from spo.config_spec import ConfigError  # noqa: F401 (defined beside the typed settings it reports for)
 from spo.config_blocks import (block_errors, evaluate_groups, generation_spec,  # noqa: F401 (re-export)
-                               geneval_settings, metric_spec, model_spec, prompt_set_spec,
-                               paper_tables_settings, resources_override, scoring_settings,
-                               tables_settings)
+                               geneval_settings, method_spec, metric_spec, model_spec,
+                               paper_tables_settings, prompt_set_spec, resources_override,
+                               scoring_settings, tables_settings)
 
 
 @lru_cache(maxsize=1)
@@ -210,10 +210,11 @@ def validate_config(config: dict[str, Any]) -> None:
 def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
     out = []
     models, methods, sets = config["models"], config["methods"], config["prompt_sets"]
-    for name, method in methods.items():
-        if method["model"] not in models:
-            out.append(f"config key 'methods.{name}.model' names model '{method['model']}', which is "
-                       f"not under 'models'{_suggest(method['model'], models)}; defined: "
+    for name in methods:
+        model = method_spec(config, name).model
+        if model not in models:
+            out.append(f"config key 'methods.{name}.model' names model '{model}', which is "
+                       f"not under 'models'{_suggest(model, models)}; defined: "
                        f"{', '.join(sorted(models))}")
     for key, pool in (("methods", methods), ("prompt_sets", sets)):
         for group in evaluate_groups(config):
@@ -221,11 +222,12 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
                 if item not in pool:
                     out.append(f"config key 'evaluate.{key}' names '{item}', which is not under "
                                f"'{key}'{_suggest(item, pool)}; defined: {', '.join(sorted(pool))}")
-    for name, method in methods.items():
-        if method.get("baseline") is not None and method["baseline"] not in methods:
-            out.append(f"config key 'methods.{name}.baseline' names '{method['baseline']}', which is "
-                       f"not under 'methods'{_suggest(method['baseline'], methods)}")
-        if "train" in method:
+    for name in methods:
+        method = method_spec(config, name)
+        if method.baseline is not None and method.baseline not in methods:
+            out.append(f"config key 'methods.{name}.baseline' names '{method.baseline}', which is "
+                       f"not under 'methods'{_suggest(method.baseline, methods)}")
+        if method.trained:
             out += _train_errors(config, name, method)
         try:  # a `lora: {path}` into the training outputs must name a trained method here
             lora_transfer_method(config, name)
@@ -273,7 +275,7 @@ def _replicate_errors(config: dict[str, Any]) -> list[str]:
                 out.append(f"{key} names '{m}', which is not under 'methods'{_suggest(m, methods)}")
             elif m not in scored:
                 out.append(f"{key} names '{m}', which no 'evaluate' group scores: add it there")
-        bases = {methods[m].get("baseline") for m in members if m in methods}
+        bases = {method_spec(config, m).baseline for m in members if m in methods}
         if len(bases) > 1:
             out.append(f"{key}: its runs must share one baseline, they have {sorted(map(str, bases))}")
         if len(set(members)) != len(members):
@@ -301,10 +303,10 @@ def train_settings(config: dict[str, Any], method: str):
     the training job gets that object back rather than parsing the mapping again."""
     from spo.training.settings import TrainSettings
 
-    return TrainSettings.from_config(config["methods"][method]["train"], key=f"methods.{method}.train")
+    return TrainSettings.from_config(method_spec(config, method).train, key=f"methods.{method}.train")
 
 
-def _train_errors(config: dict[str, Any], name: str, method: dict[str, Any]) -> list[str]:
+def _train_errors(config: dict[str, Any], name: str, method) -> list[str]:
     """A method's ``train`` block: its own keys (types, ranges, cross-field rules: the settings
     classes), then what it names elsewhere in the config. All at DAG start."""
     key = f"methods.{name}.train"
@@ -316,7 +318,7 @@ def _train_errors(config: dict[str, Any], name: str, method: dict[str, Any]) -> 
     if settings.prompts not in config["prompt_sets"]:
         out.append(f"config key '{key}.prompts' names prompt set '{settings.prompts}', which is not "
                    f"under 'prompt_sets'{_suggest(settings.prompts, config['prompt_sets'])}")
-    if any(k in method for k in ("lora", "unet")):
+    if method.lora is not None or method.unet is not None:
         out.append(f"config key 'methods.{name}' has both 'train' and a released 'lora'/'unet'; "
                    f"a trained method's LoRA is the training output")
     if settings.algorithm == "diffusion-dpo":  # its pair dataset is a DAG input: name it at start

@@ -1,7 +1,7 @@
 """The typed config blocks besides a method's ``train`` (``spo.training.settings``) and ``spm``
 (``spo.spm.settings``): ``generation``, ``prompt_sets.<name>``, ``models.<name>``,
-``metrics.<name>``, ``scoring``, ``evaluate`` groups, ``tables``, ``paper_tables``, ``geneval`` and
-``resources``. Torch-free and free of ``spo`` imports besides ``spo.config_spec``, so the config
+``methods.<name>``, ``metrics.<name>``, ``scoring``, ``evaluate`` groups, ``tables``,
+``paper_tables``, ``geneval`` and ``resources``. Torch-free and free of ``spo`` imports besides ``spo.config_spec``, so the config
 check at DAG start imports it cheaply and without an import cycle.
 
 Each field declares its type, default and range once (``spo.config_spec``). The JSON Schema
@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
-from spo.config_spec import (ConfigError, Spec, bad, block, choice, flag, integer, items, mapping,
-                             number, parse, string, text)
+from spo.config_spec import (ConfigError, Spec, anything, bad, block, choice, flag, integer, items,
+                             mapping, number, parse, string, text)
 
 DTYPES = ("float32", "float16", "bfloat16")
 FAMILIES = ("sd15", "sdxl")
@@ -80,6 +80,36 @@ class ModelSpec:
     vae: dict | None = mapping(nullable=True)
     unet: dict | None = mapping(nullable=True, why="another UNet of the family (a derivative model)")
     label: str | None = string(None)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """``methods.<name>``: a table row (after ``like:`` is expanded). ``unet``, ``lora``, ``paper``
+    and ``train`` are kept as the config gave them: their shape is the schema's, ``train`` is
+    parsed by ``spo.config.train_settings``."""
+
+    model: str = text(why="a key of models")
+    label: str | None = string(None)
+    unet: dict | None = mapping(nullable=True, why="a replacement UNet")
+    lora: dict | None = mapping(nullable=True, why="a LoRA file, or {path} into a trained method's output")
+    guidance_scale: float | None = number(None, ge=0, why="absent: generation.guidance_scale")
+    paper: Any = anything(None, why="the paper-table row(s) it fills")
+    baseline: str | None = text(None, why="another method: tables add the paired difference to it")
+    train: dict | None = mapping(nullable=True, why="its training recipe")
+
+    @property
+    def trained(self) -> bool:
+        """Its LoRA is trained by the DAG (it has a ``train`` block)."""
+        return self.train is not None
+
+    def label_or(self, name: str) -> str:
+        return name if self.label is None else self.label
+
+    def paper_refs(self) -> list[dict[str, Any]]:
+        """``paper`` as a list of {table, row} (one mapping is one reference)."""
+        if self.paper is None:
+            return []
+        return [self.paper] if isinstance(self.paper, dict) else list(self.paper)
 
 
 @dataclass(frozen=True)
@@ -196,6 +226,10 @@ def model_spec(config: dict[str, Any], name: str) -> ModelSpec:
     return parse(ModelSpec, config["models"][name], f"models.{name}")
 
 
+def method_spec(config: dict[str, Any], name: str) -> MethodSpec:
+    return parse(MethodSpec, config["methods"][name], f"methods.{name}")
+
+
 def metric_spec(config: dict[str, Any], name: str) -> MetricSpec:
     return parse(MetricSpec, config["metrics"][name], f"metrics.{name}")
 
@@ -241,6 +275,7 @@ def block_errors(config: dict[str, Any]) -> list[str]:
               lambda: parse(ResourcesSettings, config.get("resources"), "resources")]
     checks += [lambda n=n: prompt_set_spec(config, n) for n in config["prompt_sets"]]
     checks += [lambda n=n: model_spec(config, n) for n in config["models"]]
+    checks += [lambda n=n: method_spec(config, n) for n in config["methods"]]
     checks += [lambda n=n: metric_spec(config, n) for n in config["metrics"]]
     out = []
     for check in checks:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spo.config_blocks import evaluate_groups, generation_spec, prompt_set_spec
+from spo.config_blocks import evaluate_groups, generation_spec, method_spec, prompt_set_spec
 
 
 def evaluated_pairs(config: dict[str, Any], *, scored: bool = False) -> list[tuple[str, str]]:
@@ -51,5 +51,5 @@ def inference_steps(config: dict[str, Any], prompt_set: str) -> int:
 
 
 def method_guidance_scale(config: dict[str, Any], method: str) -> float:
-    return float(config["methods"][method].get(  # methods.<name> is not a typed block (yet)
-        "guidance_scale", generation_spec(config).guidance_scale))
+    own = method_spec(config, method).guidance_scale
+    return float(generation_spec(config).guidance_scale if own is None else own)

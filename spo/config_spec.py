@@ -51,7 +51,7 @@ def show(value: Any) -> str:
 class Spec:
     """What one settings field accepts."""
 
-    kind: str                       # int | number | bool | text | string | choice | int_pair | list | mapping | block
+    kind: str                       # int | number | bool | text | string | choice | int_pair | list | mapping | block | any
     ge: float | None = None         # bounds (an interval may be open on either side)
     gt: float | None = None
     le: float | None = None
@@ -78,6 +78,8 @@ class Spec:
             text = "a non-empty string"
         elif self.kind == "string":
             text = "a string"
+        elif self.kind == "any":
+            text = "any value"
         elif self.kind == "list":
             text = "a list of " + self._length() + "items, each " + self.item.describe()
         elif self.kind == "choice":
@@ -123,6 +125,8 @@ class Spec:
             return None if isinstance(value, str) and value else f"it must be {self.describe()}"
         if self.kind == "string":
             return None if isinstance(value, str) else f"it must be {self.describe()}"
+        if self.kind == "any":
+            return None
         if self.kind == "list":
             ok = (isinstance(value, list) and len(value) >= self.min_items
                   and (self.max_items is None or len(value) <= self.max_items)
@@ -208,6 +212,11 @@ def text(default: Any = MISSING, *, nullable=False, why=""):
 def string(default: Any = MISSING, *, nullable=False, why=""):
     """Any string, the empty one too (a label)."""
     return _field(default, Spec("string", nullable=nullable, why=why))
+
+
+def anything(default: Any = MISSING, *, why=""):
+    """A value whose shape the JSON Schema checks (a paper-row reference: a mapping or a list)."""
+    return _field(default, Spec("any", nullable=True, why=why))
 
 
 def items(item: Spec, default: Any = MISSING, *, min_items=0, max_items=None, nullable=False, why=""):

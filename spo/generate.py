@@ -22,7 +22,7 @@ import pandas as pd
 
 from spo import layout
 from spo.config import (generation_spec, images_per_prompt, inference_steps, method_guidance_scale,
-                        prompt_set_spec)
+                        method_spec, prompt_set_spec)
 from spo.io import atomic_path, provenance, stable_hash, write_json_atomic, write_parquet_atomic
 from spo.prompts import load_prompt_set, shard_slice
 from spo.seeds import image_seed
@@ -42,14 +42,14 @@ def check_pixels(images, config: dict[str, Any], method: str, names: list[str]) 
     bad = [n for n, img in zip(names, images) if not np.isfinite(img).all()]
     if not bad:
         return
-    method_cfg = config["methods"][method]
-    if "train" in method_cfg:
+    method_cfg = method_spec(config, method)
+    if method_cfg.trained:
         trained = layout.train_dir(method)  # the DAG's target, which the fix deletes and rebuilds
         fix = (f"its LoRA ({trained}) makes the sampler diverge: retrain it with a "
-               f"lower 'methods.{method}.train.lr' (now {method_cfg['train'].get('lr', 'the default')}), "
+               f"lower 'methods.{method}.train.lr' (now {method_cfg.train.get('lr', 'the default')}), "
                f"delete {trained} and rerun `snakemake --cores 1 {trained}`")
     else:
-        fix = (f"check the weights of 'methods.{method}' (its model '{method_cfg['model']}' and "
+        fix = (f"check the weights of 'methods.{method}' (its model '{method_cfg.model}' and "
                f"any `lora:` / `unet:`), or set 'generation.dtype' to float32")
     raise GenerationError(f"method '{method}' generated {len(bad)} images with NaN or infinite "
                           f"pixels (first: {bad[0]}); not writing them (they would be black PNGs): {fix}")
@@ -81,7 +81,7 @@ def generation_settings(config: dict[str, Any], method: str, prompt_set: str) ->
     return {
         "method": method,
         "method_config": config["methods"][method],
-        "model_config": config["models"][config["methods"][method]["model"]],
+        "model_config": config["models"][method_spec(config, method).model],
         "prompt_set": prompt_set,
         "prompt_source": prompt_set_spec(config, prompt_set).source,
         "seed": config["seed"],
@@ -155,7 +155,7 @@ def generate_shard(config: dict[str, Any], method: str, prompt_set: str, shard: 
             for (pid, text, idx), seed, image in zip(chunk, seeds, images):
                 name = f"{pid}_{idx}.png"
                 image.save(tmp / name, format="PNG")
-                rows.append({"method": method, "model": config["methods"][method]["model"],
+                rows.append({"method": method, "model": method_spec(config, method).model,
                              "prompt_set": prompt_set, "shard": shard, "prompt_id": pid,
                              "prompt": text, "image_index": idx, "seed": seed, "path": name,
                              "num_inference_steps": settings["num_inference_steps"],

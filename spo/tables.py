@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from spo.config import evaluated_methods, evaluated_prompt_sets, prompt_set_spec, tables_settings
+from spo.config import (evaluated_methods, evaluated_prompt_sets, method_spec, prompt_set_spec,
+                        tables_settings)
 from spo.io import write_text_atomic
 from spo.stats import bootstrap_mean_ci, paired_bootstrap_diff_ci, replicated_mean_ci
 
@@ -162,7 +163,8 @@ def build_tables(config: dict[str, Any], score_files: Sequence[str | Path],
     opts = tables_settings(config)
     summary = summarise(scores, samples=opts.bootstrap_samples, confidence=opts.confidence,
                         seed=opts.seed)
-    baselines = {m: spec["baseline"] for m, spec in config["methods"].items() if spec.get("baseline")}
+    baselines = {m: method_spec(config, m).baseline for m in config["methods"]
+                 if method_spec(config, m).baseline}
     deltas = baseline_deltas(scores, baselines, samples=opts.bootstrap_samples,
                              confidence=opts.confidence, seed=opts.seed)
     summary = summary.merge(deltas, on=["prompt_set", "method", "metric"], how="left")

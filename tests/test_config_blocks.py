@@ -5,7 +5,7 @@ as typed objects holding exactly what the config said."""
 import pytest
 
 from spo.config import (ConfigError, evaluated_pairs, generation_spec, geneval_settings,
-                        metric_spec, model_spec, paper_tables_settings, prompt_set_spec,
+                        method_spec, metric_spec, model_spec, paper_tables_settings, prompt_set_spec,
                         resources_override, scoring_settings, tables_settings, validate_config)
 
 
@@ -26,6 +26,9 @@ def _set(config, dotted, value):
     ("prompt_sets.tiny-eval.images_per_prompt", 0, "is 0; it must be an integer >= 1"),
     ("prompt_sets.geneval-tiny.num_inference_steps", 2.5, "is 2.5; it must be an integer >= 1"),
     ("models.tiny-sd15.family", "sd21", "is 'sd21'; it must be one of 'sd15', 'sdxl'"),
+    ("methods.tiny-sd15-base.guidance_scale", -1, "is -1; it must be a number >= 0"),
+    ("methods.tiny-sd15-spo.baseline", "", "is ''; it must be a non-empty string"),
+    ("methods.tiny-sdxl-base.label", 3, "is 3; it must be a string"),
     ("metrics.pickscore.batch_size", 0, "is 0; it must be an integer >= 1"),
     ("metrics.adherence-colour.attribute", "color", "is 'color'; it must be one of 'all', 'background', "
                                                     "'colour', 'shape', 'size'"),
@@ -57,6 +60,7 @@ def test_every_problem_of_every_block_is_reported_at_once(tiny_config):
     _set(tiny_config, "prompt_sets.tiny-eval.images_per_promt", 2)
     _set(tiny_config, "metrics.pickscore.batch_size", -3)
     del tiny_config["generation"]["shard_size"]
+    del tiny_config["methods"]["tiny-sd15-base"]["model"]
     with pytest.raises(ConfigError) as err:
         validate_config(tiny_config)
     msg = str(err.value)
@@ -65,6 +69,7 @@ def test_every_problem_of_every_block_is_reported_at_once(tiny_config):
     assert ("config key 'prompt_sets.tiny-eval.images_per_promt' is not allowed (did you mean "
             "'images_per_prompt'?)") in msg
     assert "config key 'metrics.pickscore.batch_size' is -3" in msg
+    assert "config key 'methods.tiny-sd15-base.model' is missing; it must be a non-empty string" in msg
 
 
 def test_what_the_blocks_name_is_checked_at_load(tiny_config):
@@ -99,6 +104,13 @@ def test_the_typed_blocks_hold_what_the_config_says(tiny_config):
     colour = metric_spec(tiny_config, "colorfulness")
     assert (colour.scorer_of("colorfulness"), colour.attribute, colour.dtype, colour.weights) == \
         ("colorfulness", "all", "float32", {})
+    for name, raw_method in tiny_config["methods"].items():
+        spec = method_spec(tiny_config, name)
+        assert {k: getattr(spec, k) for k in raw_method} == raw_method
+        assert spec.trained == ("train" in raw_method)
+        assert spec.paper_refs() == ([] if "paper" not in raw_method else
+                                     [raw_method["paper"]] if isinstance(raw_method["paper"], dict)
+                                     else raw_method["paper"])
     for name, raw_metric in tiny_config["metrics"].items():
         assert metric_spec(tiny_config, name).scorer_of(name) == raw_metric.get("scorer", name)
     assert scoring_settings(tiny_config).one_job_per_metric is False

@@ -223,6 +223,13 @@ def disagreement(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
                                          for e in examples]})
 
 
+def _method_label(config: dict[str, Any], method: str) -> str:
+    """The method's label; its name where it has none, or where this config has no such method."""
+    from spo.config_blocks import method_spec
+
+    return method_spec(config, method).label_or(method) if method in config["methods"] else method
+
+
 def spm_accuracy(config: dict[str, Any], name: str, inputs: Sequence[str], out: str | Path,
                  root: str | Path = ".") -> dict[str, Any]:
     """Pairwise accuracy against t of each SPM run (untrained and trained), with the ceiling."""
@@ -285,7 +292,7 @@ def training_curves(config: dict[str, Any], name: str, inputs: Sequence[str], ou
                 if key in per_round and per_round[key].notna().any():
                     ax.plot(per_round.index, per_round[key], label=key)
             if r == 0:
-                ax.set_title(short(config["methods"].get(method, {}).get("label", method), 40), fontsize=7)
+                ax.set_title(short(_method_label(config, method), 40), fontsize=7)
             if c == 0:
                 ax.set_ylabel(title, fontsize=7)
             if len(keys) > 1:

@@ -279,14 +279,14 @@ def table3_markdown(table: pd.DataFrame, notes: Iterable[str], settings: dict[st
 def write_table3(config: dict[str, Any], layouts: dict[str, str], out_prefix: str | Path) -> pd.DataFrame:
     """``<out_prefix>.csv`` and ``.md`` for the config's ``geneval`` block."""
     from spo.config import (geneval_settings, images_per_prompt, inference_steps,
-                            method_guidance_scale, prompt_set_spec)
+                            method_guidance_scale, method_spec, prompt_set_spec)
     from spo.prompts import count_prompts
 
     spec = geneval_settings(config)
     methods = list(spec.methods)
     n_prompts = count_prompts(prompt_set_spec(config, spec.prompt_set))
     per_prompt = images_per_prompt(config, spec.prompt_set)
-    labels = {m: config["methods"][m].get("label", m) for m in methods}
+    labels = {m: method_spec(config, m).label_or(m) for m in methods}
     settings = {"prompt set": f"{spec.prompt_set} ({n_prompts} prompts)",
                 "images per prompt": per_prompt,
                 "steps": inference_steps(config, spec.prompt_set),

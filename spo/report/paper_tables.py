@@ -21,8 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from spo.config import (evaluated_methods, evaluated_pairs, evaluated_prompt_sets, metric_spec,
-                        model_spec, paper_tables_settings, tables_settings)
+from spo.config import (evaluated_methods, evaluated_pairs, evaluated_prompt_sets, method_spec,
+                        metric_spec, model_spec, paper_tables_settings, tables_settings)
 from spo.report.paper_numbers import PaperNumbers, PaperTable, load_paper_numbers
 
 # Tables rebuilt here: Table 3 (GenEval) is spo/report/geneval.py's.
@@ -70,13 +70,6 @@ class TablePlan:
         return bool(self.methods)
 
 
-def _refs(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    paper = spec.get("paper")
-    if paper is None:
-        return []
-    return [paper] if isinstance(paper, dict) else list(paper)
-
-
 def plan_tables(config: dict[str, Any], numbers: PaperNumbers,
                 tables: Sequence[int] = REBUILT_TABLES) -> dict[int, TablePlan]:
     """Which method fills which row and on which prompt set; ``PaperTableError`` lists every
@@ -87,8 +80,8 @@ def plan_tables(config: dict[str, Any], numbers: PaperNumbers,
     rows: dict[int, dict[str, str | None]] = {n: {r.key: None for r in numbers.tables[n].rows}
                                               for n in tables}
     evaluated = set(evaluated_methods(config))
-    for method, spec in config["methods"].items():
-        for ref in _refs(spec):
+    for method in config["methods"]:
+        for ref in method_spec(config, method).paper_refs():
             key = f"methods.{method}.paper"
             table, row = ref["table"], ref["row"]
             if table not in numbers.tables:
@@ -158,7 +151,7 @@ def is_comparable(config: dict[str, Any], plan: TablePlan) -> bool:
     """Our numbers are comparable with the paper's only for real (not tiny) base models."""
     from spo.models.sources import is_tiny_source
 
-    return not any(is_tiny_source(model_spec(config, config["methods"][m]["model"]).source)
+    return not any(is_tiny_source(model_spec(config, method_spec(config, m).model).source)
                    for m in plan.methods)
 
 
@@ -168,7 +161,7 @@ def baseline_gains(config: dict[str, Any], plan: TablePlan, scores: pd.DataFrame
     miniature can be compared on when the paper's absolute values cannot."""
     from spo.tables import baseline_deltas
 
-    baselines = {m: config["methods"][m].get("baseline") for m in plan.methods}
+    baselines = {m: method_spec(config, m).baseline for m in plan.methods}
     baselines = {m: b for m, b in baselines.items() if b}
     if not baselines or scores.empty or plan.prompt_set is None:
         return {}

@@ -71,7 +71,9 @@ def training_input_digests(config: dict[str, Any], method: str, settings, *, mod
     """Every input of ``methods.<method>``'s training besides its settings and prompt list (which
     the trainer adds): base model, resolution, preference model weights, the prompt file, the
     offline pairs. A training resumes only checkpoints whose record of these equals this."""
-    model = config["methods"][method]["model"]
+    from spo.config_blocks import method_spec
+
+    model = method_spec(config, method).model
     inputs: dict[str, Any] = {"base_model": model_digest(config, model, models_root),
                               "resolution": resolution}
     if preference_spec is not None:
@@ -106,20 +108,22 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
     from spo.preference import build_preference
     from spo.prompts import load_prompt_set
     from spo.devices import process_device
-    from spo.config import generation_spec, model_spec, prompt_set_spec, train_settings
+    from spo.config import (generation_spec, method_spec, model_spec, prompt_set_spec,
+                            train_settings)
     from spo.training.settings import trainer_for
 
-    method_cfg = config["methods"][method]
-    if "train" not in method_cfg:
+    method_cfg = config["methods"][method]  # the mapping: its hash is the run's fingerprint
+    if not method_spec(config, method).trained:
         raise ValueError(f"method '{method}' has no 'train' block; nothing to train")
     settings = train_settings(config, method)  # the object the config check parsed at load
     # Before any model is loaded: the global recipe must split over this launch's processes.
     from spo.training.batching import launch_world_size
 
     settings.process_batches(launch_world_size())
-    model_cfg = config["models"][method_cfg["model"]]
+    model_name = method_spec(config, method).model
+    model_cfg = config["models"][model_name]  # the mapping: recorded as the run's resolved model
     device = device or process_device()  # cuda:<LOCAL_RANK> under a multi-GPU launch
-    pipe = load_model_pipeline(config, method_cfg["model"], models_root=models_root, device=device)
+    pipe = load_model_pipeline(config, model_name, models_root=models_root, device=device)
     resolution = (settings.resolution or generation_spec(config).resolution
                   or default_resolution(pipe))
     extra: dict[str, Any] = {}
@@ -144,5 +148,5 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
                 "resolution": resolution, "n_prompts": len(prompts),
                 "fingerprint": stable_hash(method_cfg), "inputs": inputs}
     trainer = trainer_for(settings.algorithm)
-    return trainer(Backbone(pipe, resolution), pipeline_class(model_spec(config, method_cfg["model"]).family), prompts,
+    return trainer(Backbone(pipe, resolution), pipeline_class(model_spec(config, model_name).family), prompts,
                    preference, settings, out_dir, checkpoint_dir, resolved=resolved, **extra)

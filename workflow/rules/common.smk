@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 from spo.config import ConfigError, evaluated_methods, evaluated_pairs, evaluated_prompt_sets, load_yaml, resolve_config, train_settings, validate_config
-from spo.config import generation_spec, geneval_settings, metric_spec, model_spec, prompt_set_spec, resources_override, scoring_settings
+from spo.config import generation_spec, geneval_settings, method_spec, metric_spec, model_spec, prompt_set_spec, resources_override, scoring_settings
 from spo import layout
 from spo.source_kind import is_tiny
 from spo.io import stable_hash, write_text_atomic
@@ -135,7 +135,7 @@ def model_inputs(model):
 
 
 def tiny_model_inputs(wildcards):
-    return model_inputs(CONFIG["methods"][wildcards.method]["model"])
+    return model_inputs(method_spec(CONFIG, wildcards.method).model)
 
 
 def prompt_source_inputs(prompt_set):
@@ -177,7 +177,7 @@ def generate_inputs(wildcards):
     config `lora: {path}` names (LoRA transfer), only waited for: the stage reads that path from
     the config like any released LoRA."""
     inputs = {**tiny_model_inputs(wildcards), **prompt_file_inputs(wildcards)}
-    if "train" in CONFIG["methods"][wildcards.method]:
+    if method_spec(CONFIG, wildcards.method).trained:
         inputs["lora"] = layout.train_dir(wildcards.method)
     transferred = transferred_lora_method(wildcards.method)
     if transferred is not None:
@@ -214,22 +214,23 @@ def train_fingerprint(wildcards):
     """The config of everything a training reads: its `train:` block, base model, seed and
     resolution, and the config of its prompt set, preference model (`spm.runs.<run>` with its
     data, `spm.pickscore`) or pair dataset. The trainer also records the content of each input in
-    the checkpoint folder (spo/training/checkpoints.py: claim) and resumes only on a match."""
-    method = CONFIG["methods"][wildcards.method]
-    train, spm = method["train"], CONFIG.get("spm") or {}
+    the checkpoint folder (spo/training/checkpoints.py: claim) and resumes only on a match.
+    What is hashed are the config's mappings; the typed blocks only choose which."""
+    method, spm = method_spec(CONFIG, wildcards.method), CONFIG.get("spm") or {}
+    train = train_settings(CONFIG, wildcards.method)
     inputs = {}
-    if train.get("algorithm") == "diffusion-dpo":
-        inputs["pairs"] = (spm.get("datasets") or {}).get((train.get("diffusion_dpo") or {}).get("data"))
+    if train.algorithm == "diffusion-dpo":
+        inputs["pairs"] = (spm.get("datasets") or {}).get(train.algorithm_settings().data)
     else:
-        inputs["prompts"] = CONFIG["prompt_sets"][train["prompts"]]["source"]
-        preference = train.get("preference") or {}
+        inputs["prompts"] = prompt_set_spec(CONFIG, train.prompts).source
+        preference = train.preference
         run = (spm.get("runs") or {}).get(preference.get("run"))
         if preference.get("name") in ("spm", "spm-no-step") and run is not None:
             inputs["spm_run"] = [run, (spm.get("datasets") or {}).get(run.get("data")), spm.get("pickscore")]
         if preference.get("name") == "pickscore" and "path" not in preference:
             inputs["pickscore"] = spm.get("pickscore")
-    return stable_hash([method["train"], CONFIG["models"][method["model"]], CONFIG["seed"],
-                        CONFIG["generation"]["resolution"], inputs])
+    return stable_hash([method.train, CONFIG["models"][method.model], CONFIG["seed"],
+                        generation_spec(CONFIG).resolution, inputs])
 
 
 def train_checkpoints(wildcards):
@@ -282,7 +283,7 @@ def scoring_fingerprint(wildcards):
 
 def tables_fingerprint(wildcards):
     return stable_hash([CONFIG["tables"], CONFIG["evaluate"], CONFIG["profile"],
-                        {m: s.get("baseline") for m, s in CONFIG["methods"].items()}])
+                        {m: method_spec(CONFIG, m).baseline for m in CONFIG["methods"]}])
 
 
 def tables_dir(wildcards, output):

@@ -69,7 +69,7 @@ def figure_weight_inputs(name):
 
 def _trained_methods():
     """Trained methods the run evaluates (a profile may define more than it runs)."""
-    return [m for m in evaluated_methods(CONFIG) if "train" in CONFIG["methods"][m]]
+    return [m for m in evaluated_methods(CONFIG) if method_spec(CONFIG, m).trained]
 
 
 def compute_gpus():

@@ -52,13 +52,13 @@ def _is_tiny(source):
 def _job_kind(rule_name, wildcards):
     """'gpu' when the job loads a real network, else 'cpu'."""
     if rule_name in ("generate", "train"):
-        method = CONFIG["methods"][wildcards.method]
-        sources = [model_spec(CONFIG, method["model"]).source]
+        method = method_spec(CONFIG, wildcards.method)
+        sources = [model_spec(CONFIG, method.model).source]
         # A transferred LoRA (`lora: {path}` into another method's training output) is a DAG
         # output, not a checkpoint to size for: its training was sized by the models it read.
         transferred = transferred_lora_method(wildcards.method) is not None
-        sources += [method[key] for key in ("unet", "lora")
-                    if key in method and not (key == "lora" and transferred)]
+        sources += [getattr(method, key) for key in ("unet", "lora")
+                    if getattr(method, key) is not None and not (key == "lora" and transferred)]
         return "cpu" if all(_is_tiny(s) for s in sources) else "gpu"
     if rule_name in ("spm_latents", "train_spm"):
         model = wildcards.model if rule_name == "spm_latents" else _spm_run(wildcards.run)["model"]

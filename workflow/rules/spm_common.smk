@@ -18,7 +18,7 @@ def _used_spm_runs():
     """SPM runs an evaluated method trains with (the spm_accuracy figure asks for the others)."""
     runs = []
     for method in evaluated_methods(CONFIG):
-        if "train" not in CONFIG["methods"][method]:
+        if not method_spec(CONFIG, method).trained:
             continue
         pref = train_settings(CONFIG, method).preference
         if pref.get("name") in ("spm", "spm-no-step") and pref.get("run") in _spm()["runs"]:
