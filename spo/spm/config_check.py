@@ -11,7 +11,6 @@ from typing import Any
 
 from spo.config_spec import ConfigError, parse, problems
 from spo.spm.settings import SPMDatasetSpec, SPMRunSettings
-from spo.source_kind import is_tiny
 
 
 def run_spec_errors(run: str, spec: dict[str, Any]) -> list[str]:
@@ -36,18 +35,20 @@ def spm_block_errors(config: dict[str, Any]) -> list[str]:
     if out:
         return out
     for name, ds in datasets.items():
-        if is_tiny(ds) and ds["tiny"]["model"] not in models:
-            out.append(f"config key 'spm.datasets.{name}.tiny.model' is '{ds['tiny']['model']}'; it "
+        tiny = parse(SPMDatasetSpec, ds, f"spm.datasets.{name}").tiny_settings(f"spm.datasets.{name}")
+        if tiny is not None and tiny.model not in models:
+            out.append(f"config key 'spm.datasets.{name}.tiny.model' is '{tiny.model}'; it "
                        f"must be a key of 'models' ({', '.join(sorted(models))})")
-    for name, run in (spm.get("runs") or {}).items():
-        found = run_spec_errors(name, run)
+    for name, spec in (spm.get("runs") or {}).items():
+        found = run_spec_errors(name, spec)
         if found:  # its keys first: what it names is read only from a run whose keys are valid
             out += found
             continue
-        if run["model"] not in models:
-            out.append(f"config key 'spm.runs.{name}.model' is '{run['model']}'; it must be a key of "
+        run = parse(SPMRunSettings, spec, f"spm.runs.{name}")
+        if run.model not in models:
+            out.append(f"config key 'spm.runs.{name}.model' is '{run.model}'; it must be a key of "
                        f"'models' ({', '.join(sorted(models))})")
-        if run["data"] not in datasets:
-            out.append(f"config key 'spm.runs.{name}.data' is '{run['data']}'; it must be a key of "
+        if run.data not in datasets:
+            out.append(f"config key 'spm.runs.{name}.data' is '{run.data}'; it must be a key of "
                        f"'spm.datasets' ({', '.join(sorted(datasets))})")
     return out
