@@ -22,9 +22,13 @@ from spo.config_messages import schema_error_message
 from spo.config_messages import suggest as _suggest
 from spo.layout import LayoutError, lora_transfer_method
 from spo.config_queries import (evaluated_methods, evaluated_pairs,  # noqa: F401 (re-export)
-                                evaluated_prompt_sets, evaluation_groups, images_per_prompt,
+                                evaluated_prompt_sets, images_per_prompt,
                                 inference_steps, method_guidance_scale)
 from spo.config_spec import ConfigError  # noqa: F401 (defined beside the typed settings it reports for)
+from spo.config_blocks import (block_errors, evaluate_groups, generation_spec,  # noqa: F401 (re-export)
+                               geneval_settings, method_spec, metric_spec, model_spec,
+                               paper_tables_settings, prompt_set_spec, resources_override,
+                               scoring_settings, tables_settings)
 
 
 @lru_cache(maxsize=1)
@@ -197,8 +201,8 @@ def validate_config(config: dict[str, Any]) -> None:
     validator = jsonschema.Draft202012Validator(config_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     messages = [schema_error_message(e, config) for e in errors]
-    if not messages:
-        messages = _cross_reference_errors(config)
+    if not messages:  # each block as its typed object (spo.config_blocks), then what they name
+        messages = block_errors(config) or _cross_reference_errors(config)
     if messages:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
 
@@ -206,40 +210,45 @@ def validate_config(config: dict[str, Any]) -> None:
 def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
     out = []
     models, methods, sets = config["models"], config["methods"], config["prompt_sets"]
-    for name, method in methods.items():
-        if method["model"] not in models:
-            out.append(f"config key 'methods.{name}.model' names model '{method['model']}', which is "
-                       f"not under 'models'{_suggest(method['model'], models)}; defined: "
+    for name in methods:
+        model = method_spec(config, name).model
+        if model not in models:
+            out.append(f"config key 'methods.{name}.model' names model '{model}', which is "
+                       f"not under 'models'{_suggest(model, models)}; defined: "
                        f"{', '.join(sorted(models))}")
     for key, pool in (("methods", methods), ("prompt_sets", sets)):
-        for group in evaluation_groups(config):
-            for item in group[key]:
+        for group in evaluate_groups(config):
+            for item in getattr(group, key):
                 if item not in pool:
                     out.append(f"config key 'evaluate.{key}' names '{item}', which is not under "
                                f"'{key}'{_suggest(item, pool)}; defined: {', '.join(sorted(pool))}")
-    for name, method in methods.items():
-        if method.get("baseline") is not None and method["baseline"] not in methods:
-            out.append(f"config key 'methods.{name}.baseline' names '{method['baseline']}', which is "
-                       f"not under 'methods'{_suggest(method['baseline'], methods)}")
-        if "train" in method:
+    for name in methods:
+        method = method_spec(config, name)
+        if method.baseline is not None and method.baseline not in methods:
+            out.append(f"config key 'methods.{name}.baseline' names '{method.baseline}', which is "
+                       f"not under 'methods'{_suggest(method.baseline, methods)}")
+        if method.trained:
             out += _train_errors(config, name, method)
         try:  # a `lora: {path}` into the training outputs must name a trained method here
             lora_transfer_method(config, name)
         except LayoutError as exc:
             out.append(str(exc))
-    for name, spec in sets.items():
-        if "hub_parquet" in spec["source"] and "count" not in spec:
-            out.append(f"config key 'prompt_sets.{name}.count' is required for a hub source: the "
-                       f"DAG plans generation shards before anything is downloaded")
     from spo.metrics import registered_scorers
 
     known = registered_scorers()
-    for name, spec in config["metrics"].items():
-        scorer = spec.get("scorer", name)
+    for name in config["metrics"]:
+        scorer = metric_spec(config, name).scorer_of(name)
         if scorer not in known:
             out.append(f"config key 'metrics.{name}' names scorer '{scorer}', which does not exist"
                        f"{_suggest(scorer, known)}; available: {', '.join(sorted(known))}")
     out += _replicate_errors(config)
+    geneval = geneval_settings(config)
+    if geneval is not None and geneval.enabled:  # what Table 3 names (a disabled block: unchecked)
+        if geneval.prompt_set not in sets:
+            out.append(f"config key 'geneval.prompt_set' names '{geneval.prompt_set}', which is not "
+                       f"under 'prompt_sets'{_suggest(geneval.prompt_set, sets)}")
+        out += [f"config key 'geneval.methods' names '{m}', which is not under 'methods'"
+                f"{_suggest(m, methods)}" for m in geneval.methods if m not in methods]
     if config.get("world") is not None:
         out += _world_errors(config["world"])
     if config.get("spm"):  # cross references and settings the schema cannot express
@@ -254,10 +263,10 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
 
 
 def _replicate_errors(config: dict[str, Any]) -> list[str]:
-    """``tables.replicates``: each pooled row names >= 2 scored methods with one baseline."""
+    """``tables.replicates``: each pooled row names scored methods with one baseline."""
     out, methods = [], config["methods"]
     scored = {m for m, _ in evaluated_pairs(config, scored=True)}
-    for name, members in ((config.get("tables") or {}).get("replicates") or {}).items():
+    for name, members in tables_settings(config).replicates.items():
         key = f"config key 'tables.replicates.{name}'"
         if name in methods:
             out.append(f"{key}: a pooled row needs a name of its own, '{name}' is a method")
@@ -266,7 +275,7 @@ def _replicate_errors(config: dict[str, Any]) -> list[str]:
                 out.append(f"{key} names '{m}', which is not under 'methods'{_suggest(m, methods)}")
             elif m not in scored:
                 out.append(f"{key} names '{m}', which no 'evaluate' group scores: add it there")
-        bases = {methods[m].get("baseline") for m in members if m in methods}
+        bases = {method_spec(config, m).baseline for m in members if m in methods}
         if len(bases) > 1:
             out.append(f"{key}: its runs must share one baseline, they have {sorted(map(str, bases))}")
         if len(set(members)) != len(members):
@@ -294,10 +303,10 @@ def train_settings(config: dict[str, Any], method: str):
     the training job gets that object back rather than parsing the mapping again."""
     from spo.training.settings import TrainSettings
 
-    return TrainSettings.from_config(config["methods"][method]["train"], key=f"methods.{method}.train")
+    return TrainSettings.from_config(method_spec(config, method).train, key=f"methods.{method}.train")
 
 
-def _train_errors(config: dict[str, Any], name: str, method: dict[str, Any]) -> list[str]:
+def _train_errors(config: dict[str, Any], name: str, method) -> list[str]:
     """A method's ``train`` block: its own keys (types, ranges, cross-field rules: the settings
     classes), then what it names elsewhere in the config. All at DAG start."""
     key = f"methods.{name}.train"
@@ -309,7 +318,7 @@ def _train_errors(config: dict[str, Any], name: str, method: dict[str, Any]) -> 
     if settings.prompts not in config["prompt_sets"]:
         out.append(f"config key '{key}.prompts' names prompt set '{settings.prompts}', which is not "
                    f"under 'prompt_sets'{_suggest(settings.prompts, config['prompt_sets'])}")
-    if any(k in method for k in ("lora", "unet")):
+    if method.lora is not None or method.unet is not None:
         out.append(f"config key 'methods.{name}' has both 'train' and a released 'lora'/'unet'; "
                    f"a trained method's LoRA is the training output")
     if settings.algorithm == "diffusion-dpo":  # its pair dataset is a DAG input: name it at start

@@ -51,7 +51,7 @@ def show(value: Any) -> str:
 class Spec:
     """What one settings field accepts."""
 
-    kind: str                       # int | number | bool | text | choice | int_pair | mapping | block
+    kind: str                       # int | number | bool | text | string | choice | int_pair | list | mapping | block | any
     ge: float | None = None         # bounds (an interval may be open on either side)
     gt: float | None = None
     le: float | None = None
@@ -61,6 +61,9 @@ class Spec:
     nullable: bool = False
     required_keys: tuple = ()       # mapping: keys it must have
     block: type | None = None       # block: the settings dataclass of the nested mapping
+    item: "Spec | None" = None      # list: what each item accepts
+    min_items: int = 0              # list: length bounds
+    max_items: int | None = None
     why: str = ""                   # one clause on where the rule comes from
 
     def describe(self) -> str:
@@ -73,6 +76,12 @@ class Spec:
             text = "true or false"
         elif self.kind == "text":
             text = "a non-empty string"
+        elif self.kind == "string":
+            text = "a string"
+        elif self.kind == "any":
+            text = "any value"
+        elif self.kind == "list":
+            text = "a list of " + self._length() + "items, each " + self.item.describe()
         elif self.kind == "choice":
             text = "one of " + ", ".join(show(c) for c in self.choices)
         elif self.kind == "int_pair":
@@ -85,6 +94,13 @@ class Spec:
         if self.nullable:
             text += " or null"
         return text + (f" ({self.why})" if self.why else "")
+
+    def _length(self) -> str:
+        if self.max_items is not None and self.max_items == self.min_items:
+            return f"{self.min_items} "
+        if self.max_items is not None:
+            return f"{self.min_items} to {self.max_items} "
+        return f"at least {self.min_items} " if self.min_items else ""
 
     def _interval(self) -> str:
         lo = (f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None)
@@ -107,6 +123,15 @@ class Spec:
             return None if isinstance(value, bool) else f"it must be {self.describe()}"
         if self.kind == "text":
             return None if isinstance(value, str) and value else f"it must be {self.describe()}"
+        if self.kind == "string":
+            return None if isinstance(value, str) else f"it must be {self.describe()}"
+        if self.kind == "any":
+            return None
+        if self.kind == "list":
+            ok = (isinstance(value, list) and len(value) >= self.min_items
+                  and (self.max_items is None or len(value) <= self.max_items)
+                  and all(v is not None and self.item.problem(v) is None for v in value))
+            return None if ok else f"it must be {self.describe()}"
         if self.kind == "choice":
             if isinstance(value, str) and value in self.choices:
                 return None
@@ -180,8 +205,27 @@ def flag(default: Any = MISSING, *, why=""):
     return _field(default, Spec("bool", why=why))
 
 
-def text(default: Any = MISSING, *, why=""):
-    return _field(default, Spec("text", why=why))
+def text(default: Any = MISSING, *, nullable=False, why=""):
+    return _field(default, Spec("text", nullable=nullable, why=why))
+
+
+def string(default: Any = MISSING, *, nullable=False, why=""):
+    """Any string, the empty one too (a label)."""
+    return _field(default, Spec("string", nullable=nullable, why=why))
+
+
+def anything(default: Any = MISSING, *, why=""):
+    """A value whose shape the JSON Schema checks (a paper-row reference: a mapping or a list)."""
+    return _field(default, Spec("any", nullable=True, why=why))
+
+
+def items(item: Spec, default: Any = MISSING, *, min_items=0, max_items=None, nullable=False, why=""):
+    """A list whose every item is what ``item`` accepts (``Spec("text")``, ``Spec("int", ge=0)``);
+    kept as the YAML list (a default list is given as a tuple and becomes a list)."""
+    spec = Spec("list", item=item, min_items=min_items, max_items=max_items, nullable=nullable, why=why)
+    if isinstance(default, tuple):
+        return _field(MISSING, spec, default_factory=lambda: list(default))
+    return _field(default, spec)
 
 
 def choice(default: Any, choices: tuple, *, nullable=False, why=""):
@@ -192,9 +236,13 @@ def int_pair(default: Any, *, why=""):
     return _field(default, Spec("int_pair", why=why))
 
 
-def mapping(default_factory: Any, *, required_keys: tuple = (), why=""):
-    return _field(MISSING, Spec("mapping", required_keys=required_keys, why=why),
-                  default_factory=default_factory)
+def mapping(default_factory: Any = MISSING, *, required_keys: tuple = (), nullable=False, why=""):
+    """A mapping kept as the config gave it (its inner shape: the JSON Schema, or the class's
+    cross_checks). No ``default_factory``: required; ``nullable``: absent is None."""
+    spec = Spec("mapping", required_keys=required_keys, nullable=nullable, why=why)
+    if default_factory is MISSING:
+        return _field(None if nullable else MISSING, spec)
+    return _field(MISSING, spec, default_factory=default_factory)
 
 
 def block(cls: type, *, why=""):
@@ -258,7 +306,7 @@ def _build(cls: type, block_: dict) -> Any:
     return cls(**values)
 
 
-_PARSED: dict[tuple[type, str], Any] = {}  # (class, canonical JSON of the block) -> parsed object
+_PARSED: dict[tuple[type, str], Any] = {}  # (class, JSON of the block, keys in order) -> parsed object
 
 
 def parse(cls: type, block_: Any, key: str) -> Any:
@@ -270,8 +318,8 @@ def parse(cls: type, block_: Any, key: str) -> Any:
     that object back. The objects are frozen dataclasses, so sharing them is safe.
     """
     block_ = {} if block_ is None else block_
-    try:
-        canon = json.dumps(block_, sort_keys=True, allow_nan=True)
+    try:  # key order kept: it is content (tables.replicates' order is the tables' row order)
+        canon = json.dumps(block_, allow_nan=True)
     except (TypeError, ValueError):  # keys of mixed types: an error below, nothing to memoise
         canon = None
     if canon is not None and (cls, canon) in _PARSED:

@@ -21,7 +21,8 @@ from typing import Any
 import pandas as pd
 
 from spo import layout
-from spo.config import images_per_prompt, inference_steps, method_guidance_scale
+from spo.config import (generation_spec, images_per_prompt, inference_steps, method_guidance_scale,
+                        method_spec, prompt_set_spec)
 from spo.io import atomic_path, provenance, stable_hash, write_json_atomic, write_parquet_atomic
 from spo.prompts import load_prompt_set, shard_slice
 from spo.seeds import image_seed
@@ -41,14 +42,14 @@ def check_pixels(images, config: dict[str, Any], method: str, names: list[str]) 
     bad = [n for n, img in zip(names, images) if not np.isfinite(img).all()]
     if not bad:
         return
-    method_cfg = config["methods"][method]
-    if "train" in method_cfg:
+    method_cfg = method_spec(config, method)
+    if method_cfg.trained:
         trained = layout.train_dir(method)  # the DAG's target, which the fix deletes and rebuilds
         fix = (f"its LoRA ({trained}) makes the sampler diverge: retrain it with a "
-               f"lower 'methods.{method}.train.lr' (now {method_cfg['train'].get('lr', 'the default')}), "
+               f"lower 'methods.{method}.train.lr' (now {method_cfg.train.get('lr', 'the default')}), "
                f"delete {trained} and rerun `snakemake --cores 1 {trained}`")
     else:
-        fix = (f"check the weights of 'methods.{method}' (its model '{method_cfg['model']}' and "
+        fix = (f"check the weights of 'methods.{method}' (its model '{method_cfg.model}' and "
                f"any `lora:` / `unet:`), or set 'generation.dtype' to float32")
     raise GenerationError(f"method '{method}' generated {len(bad)} images with NaN or infinite "
                           f"pixels (first: {bad[0]}); not writing them (they would be black PNGs): {fix}")
@@ -72,24 +73,27 @@ MANIFEST_COLUMNS = ["method", "model", "prompt_set", "shard", "prompt_id", "prom
 
 
 def generation_settings(config: dict[str, Any], method: str, prompt_set: str) -> dict[str, Any]:
-    """Everything that determines a shard's images (its hash is the manifest's ``config_hash``)."""
-    gen = config["generation"]
+    """Everything that determines a shard's images (its hash is the manifest's ``config_hash``).
+
+    The method's and the model's config entries go in as the mappings the config holds (their
+    hash is the shard's identity; the typed ``ModelSpec`` would hash differently)."""
+    gen = generation_spec(config)
     return {
         "method": method,
         "method_config": config["methods"][method],
-        "model_config": config["models"][config["methods"][method]["model"]],
+        "model_config": config["models"][method_spec(config, method).model],
         "prompt_set": prompt_set,
-        "prompt_source": config["prompt_sets"][prompt_set]["source"],
+        "prompt_source": prompt_set_spec(config, prompt_set).source,
         "seed": config["seed"],
-        "scheduler": gen["scheduler"],
+        "scheduler": gen.scheduler,
         "num_inference_steps": inference_steps(config, prompt_set),
         "guidance_scale": method_guidance_scale(config, method),
-        "eta": gen["eta"],
-        "resolution": gen["resolution"],
+        "eta": gen.eta,
+        "resolution": gen.resolution,
         "images_per_prompt": images_per_prompt(config, prompt_set),
-        "dtype": gen["dtype"],
-        "shard_size": gen["shard_size"],
-        "batch_size": gen["batch_size"],
+        "dtype": gen.dtype,
+        "shard_size": gen.shard_size,
+        "batch_size": gen.batch_size,
     }
 
 
@@ -122,7 +126,7 @@ def generate_shard(config: dict[str, Any], method: str, prompt_set: str, shard: 
 
     settings = generation_settings(config, method, prompt_set)
     config_hash = stable_hash(settings)
-    prompts = shard_slice(load_prompt_set(config["prompt_sets"][prompt_set], root), shard,
+    prompts = shard_slice(load_prompt_set(prompt_set_spec(config, prompt_set), root), shard,
                           settings["shard_size"])
     device = device or pick_device(settings["dtype"])
     pipe = load_method_pipeline(config, method, models_root=models_root, lora=lora,
@@ -151,7 +155,7 @@ def generate_shard(config: dict[str, Any], method: str, prompt_set: str, shard: 
             for (pid, text, idx), seed, image in zip(chunk, seeds, images):
                 name = f"{pid}_{idx}.png"
                 image.save(tmp / name, format="PNG")
-                rows.append({"method": method, "model": config["methods"][method]["model"],
+                rows.append({"method": method, "model": method_spec(config, method).model,
                              "prompt_set": prompt_set, "shard": shard, "prompt_id": pid,
                              "prompt": text, "image_index": idx, "seed": seed, "path": name,
                              "num_inference_steps": settings["num_inference_steps"],

@@ -126,9 +126,18 @@ def fetch_prompt_file(url: str, sha256: str, out: str | Path) -> Path:
     return Path(out)
 
 
-def load_prompt_set(spec: dict[str, Any], root: str | Path = ".") -> pd.DataFrame:
-    """Load a prompt set from its config entry (``prompt_sets.<name>``)."""
-    source = spec["source"]
+def _source_and_count(spec: Any) -> tuple[dict[str, Any], int | None]:
+    """A prompt set's source and declared count, from its ``spo.config_blocks.PromptSetSpec`` or
+    a mapping of the same keys."""
+    if isinstance(spec, dict):
+        return spec["source"], spec.get("count")
+    return spec.source, spec.count
+
+
+def load_prompt_set(spec: Any, root: str | Path = ".") -> pd.DataFrame:
+    """Load a prompt set from its config entry (``prompt_sets.<name>``: ``spo.config.prompt_set_spec``,
+    or a mapping with ``source`` and an optional ``count``)."""
+    source, count = _source_and_count(spec)
     if "path" in source:
         path = Path(root) / source["path"]
         frame = read_prompt_json(path) if path.suffix == ".json" else read_prompt_tsv(path)
@@ -136,9 +145,9 @@ def load_prompt_set(spec: dict[str, Any], root: str | Path = ".") -> pd.DataFram
         frame = read_prompt_json(fetched_prompt_file(source, root), source["url"]["sha256"])
     else:
         frame = _load_hub_parquet(source["hub_parquet"])
-    if "count" in spec and len(frame) != spec["count"]:
+    if count is not None and len(frame) != count:
         raise PromptError(f"prompt set has {len(frame)} prompts but the config declares count "
-                          f"{spec['count']}; fix `count` (it plans the shards)")
+                          f"{count}; fix `count` (it plans the shards)")
     return frame
 
 
@@ -162,10 +171,11 @@ def _load_hub_parquet(hub: dict[str, str]) -> pd.DataFrame:
     return validate_prompts(frame, f"{hub['id']}:{hub['pattern']}")
 
 
-def count_prompts(spec: dict[str, Any], root: str | Path = ".") -> int:
+def count_prompts(spec: Any, root: str | Path = ".") -> int:
     """Number of prompts, known without downloading (``count`` for hub sources)."""
-    if "count" in spec:
-        return int(spec["count"])
+    count = _source_and_count(spec)[1]
+    if count is not None:
+        return int(count)
     return len(load_prompt_set(spec, root))
 
 

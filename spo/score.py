@@ -62,6 +62,7 @@ def score_shards(config: dict[str, Any], metrics: str | Sequence[str], shard_dir
 
     Each scorer is built once (weights loaded once) and freed before the next one is built.
     """
+    from spo.config_blocks import metric_spec
     from spo.devices import process_device
     from spo.metrics import build_scorer, resolve_weights
 
@@ -70,13 +71,16 @@ def score_shards(config: dict[str, Any], metrics: str | Sequence[str], shard_dir
     device = device or process_device()
     frames, records = [], {}
     for metric in metrics:
+        typed = metric_spec(config, metric)
+        # the scorers read their block as the config's mapping (and the provenance records it)
         spec = config["metrics"][metric]
-        if spec.get("scorer", metric) == "adherence":  # the tiny world's detector reads its grammar
+        if typed.scorer_of(metric) == "adherence":  # the tiny world's detector reads its grammar
             spec = {**spec, "world": config.get("world")}
         weights = resolve_weights(spec, tiny_root=str(Path(layout.tiny_metric_dir(metric, models_root))))
-        scorer = build_scorer(spec.get("scorer", metric), spec, device=device,
-                              dtype=spec.get("dtype", "float32"), weights=weights)
-        frames.append(score_manifest(scorer, manifest, spec.get("batch_size", 16), metric))
+        scorer = build_scorer(typed.scorer_of(metric), spec, device=device, dtype=typed.dtype,
+                              weights=weights)
+        batch = 16 if typed.batch_size is None else typed.batch_size  # the scorers' own default: 8
+        frames.append(score_manifest(scorer, manifest, batch, metric))
         records[metric] = {"spec": spec, "weights": weights, "version": scorer.version}
         del scorer
     frame = pd.concat(frames, ignore_index=True)

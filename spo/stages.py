@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from spo import layout  # path defaults (standard library only: light stages stay light)
+from spo.config_blocks import metric_spec, model_spec, prompt_set_spec
 from spo.report.figure_registry import ARGUMENTS as FIGURE_ARGUMENTS
 from spo.source_kind import is_tiny
 
@@ -105,18 +106,18 @@ def tiny_model(config, args) -> int:
     if args.model:
         from spo.models.tiny import save_tiny_pipeline
 
-        spec = config["models"].get(args.model)
-        if spec is None or not is_tiny(spec["source"]):
+        spec = model_spec(config, args.model) if args.model in config["models"] else None
+        if spec is None or not is_tiny(spec.source):
             raise SystemExit(f"error: models.{args.model} is not a tiny model in this config")
-        save_tiny_pipeline(spec["family"], args.out, seed=spec["source"]["tiny"].get("seed", 0))
+        save_tiny_pipeline(spec.family, args.out, seed=spec.source["tiny"].get("seed", 0))
     else:
         from spo.metrics.tiny import save_tiny_weights
 
-        spec = config["metrics"].get(args.metric) or {}
-        seeds = [w["tiny"].get("seed", 0) for w in (spec.get("weights") or {}).values() if is_tiny(w)]
+        spec = metric_spec(config, args.metric) if args.metric in config["metrics"] else None
+        seeds = [w["tiny"].get("seed", 0) for w in (spec.weights if spec else {}).values() if is_tiny(w)]
         if not seeds:
             raise SystemExit(f"error: metrics.{args.metric} has no tiny weights in this config")
-        save_tiny_weights(spec.get("scorer", args.metric), args.out, seed=seeds[0])
+        save_tiny_weights(spec.scorer_of(args.metric), args.out, seed=seeds[0])
     return 0
 
 
@@ -183,7 +184,7 @@ def generate(config, args) -> int:
 def fetch_prompts(config, args) -> int:
     from spo.prompts import fetch_prompt_file
 
-    source = config["prompt_sets"][args.prompt_set]["source"]
+    source = prompt_set_spec(config, args.prompt_set).source
     if "url" not in source:
         raise SystemExit(f"error: prompt_sets.{args.prompt_set} has no `url` source")
     fetch_prompt_file(source["url"]["url"], source["url"]["sha256"], args.out)
@@ -299,13 +300,13 @@ def train_spm(config, args) -> int:
        arg("--metadata", required=True, help="GenEval's evaluation_metadata.jsonl"),
        torch_threads=False)
 def geneval_layout(config, args) -> int:
-    from spo.config import images_per_prompt
+    from spo.config import geneval_settings, images_per_prompt
     from spo.report.geneval import read_metadata, write_layout
 
-    spec = config["geneval"]
-    metadata = read_metadata(args.metadata, spec["metadata"]["sha256"])
+    spec = geneval_settings(config)
+    metadata = read_metadata(args.metadata, spec.metadata["sha256"])
     write_layout(args.shards, metadata, args.out,
-                 images_per_prompt=images_per_prompt(config, spec["prompt_set"]))
+                 images_per_prompt=images_per_prompt(config, spec.prompt_set))
     return 0
 
 

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from spo.config import evaluated_methods, evaluated_prompt_sets
+from spo.config import (evaluated_methods, evaluated_prompt_sets, method_spec, prompt_set_spec,
+                        tables_settings)
 from spo.io import write_text_atomic
 from spo.stats import bootstrap_mean_ci, paired_bootstrap_diff_ci, replicated_mean_ci
 
@@ -106,7 +107,7 @@ def replicate_rows(scores: pd.DataFrame, replicates: dict[str, Sequence[str]],
 def table_method_order(config: dict[str, Any]) -> list[str]:
     """The evaluated methods in config order, each pooled row right after its last run."""
     order = list(evaluated_methods(config))
-    for name, members in (config["tables"].get("replicates") or {}).items():
+    for name, members in tables_settings(config).replicates.items():
         # validated: every run is an evaluated method (spo.config._replicate_errors)
         order.insert(max(order.index(m) for m in members) + 1, name)
     return order
@@ -159,17 +160,18 @@ def build_tables(config: dict[str, Any], score_files: Sequence[str | Path],
                  out_dir: str | Path) -> dict[str, pd.DataFrame]:
     """Read every score file, write ``<prompt_set>.csv`` and ``.md`` per evaluated prompt set."""
     scores = pd.concat([pd.read_parquet(f) for f in score_files], ignore_index=True)
-    opts = config["tables"]
-    summary = summarise(scores, samples=opts["bootstrap_samples"], confidence=opts["confidence"],
-                        seed=opts["seed"])
-    baselines = {m: spec["baseline"] for m, spec in config["methods"].items() if spec.get("baseline")}
-    deltas = baseline_deltas(scores, baselines, samples=opts["bootstrap_samples"],
-                             confidence=opts["confidence"], seed=opts["seed"])
+    opts = tables_settings(config)
+    summary = summarise(scores, samples=opts.bootstrap_samples, confidence=opts.confidence,
+                        seed=opts.seed)
+    baselines = {m: method_spec(config, m).baseline for m in config["methods"]
+                 if method_spec(config, m).baseline}
+    deltas = baseline_deltas(scores, baselines, samples=opts.bootstrap_samples,
+                             confidence=opts.confidence, seed=opts.seed)
     summary = summary.merge(deltas, on=["prompt_set", "method", "metric"], how="left")
     summary = summary.assign(runs=1)
-    replicates = opts.get("replicates") or {}
+    replicates = opts.replicates
     if replicates:
-        pooled = replicate_rows(scores, replicates, baselines, confidence=opts["confidence"])
+        pooled = replicate_rows(scores, replicates, baselines, confidence=opts.confidence)
         summary = pd.concat([summary, pooled], ignore_index=True)
     from spo.environment import short_lock_hash
 
@@ -182,7 +184,7 @@ def build_tables(config: dict[str, Any], score_files: Sequence[str | Path],
                              f"{[str(f) for f in score_files]}")
         csv_path = Path(out_dir) / f"{prompt_set}.csv"
         write_text_atomic(csv_path, part.to_csv(index=False, float_format="%.6g"))
-        label = config["prompt_sets"][prompt_set].get("label", prompt_set)
+        label = prompt_set_spec(config, prompt_set).label_or(prompt_set)
         write_text_atomic(Path(out_dir) / f"{prompt_set}.md",
                           to_markdown(part, f"{label} ({config['profile']} profile)",
                                       table_method_order(config)))

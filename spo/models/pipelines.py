@@ -62,20 +62,22 @@ def load_model_pipeline(config: dict[str, Any], model_name: str, *, models_root:
     """The base pipeline ``models.<model_name>`` (optionally with a replacement UNet), DDIM scheduler."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-    model_cfg = config["models"][model_name]
-    unet_source = unet_source or model_cfg.get("unet")  # a method's own UNet wins over the model's
+    from spo.config_blocks import model_spec
+
+    model_cfg = model_spec(config, model_name)
+    unet_source = unet_source or model_cfg.unet  # a method's own UNet wins over the model's
     torch_dtype = DTYPES[dtype]
     tiny_dir = tiny_model_dir(models_root, model_name)
     parts: dict[str, Any] = {}
-    if model_cfg["family"] == "sd15":
+    if model_cfg.family == "sd15":
         parts.update(safety_checker=None, requires_safety_checker=False)
-    if "vae" in model_cfg:
-        parts["vae"] = from_pretrained(AutoencoderKL.from_pretrained, model_cfg["vae"],
+    if model_cfg.vae is not None:
+        parts["vae"] = from_pretrained(AutoencoderKL.from_pretrained, model_cfg.vae,
                                        tiny_dir=tiny_dir / "vae", dtype=torch_dtype)
     if unet_source is not None:
         parts["unet"] = from_pretrained(UNet2DConditionModel.from_pretrained, unet_source,
                                         tiny_dir=tiny_dir / "unet", dtype=torch_dtype)
-    pipe = from_pretrained(pipeline_class(model_cfg["family"]).from_pretrained, model_cfg["source"],
+    pipe = from_pretrained(pipeline_class(model_cfg.family).from_pretrained, model_cfg.source,
                            tiny_dir=tiny_dir, dtype=torch_dtype, **parts)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -100,23 +102,25 @@ def load_method_pipeline(config: dict[str, Any], method: str, *, models_root: st
         LoraMismatchError: the method's LoRA changes no module, or not every module it names.
         ValueError: ``lora`` is missing for a trained method, or given for another one.
     """
-    method_cfg = config["methods"][method]
-    unet_source = method_cfg.get("unet")
-    if ("train" in method_cfg) != (lora is not None):
+    from spo.config_blocks import method_spec
+
+    method_cfg = method_spec(config, method)
+    unet_source = method_cfg.unet
+    if method_cfg.trained != (lora is not None):
         raise ValueError(
             f"method '{method}' has a `train` block: pass its training output folder as lora "
             f"(`python -m spo generate ... --lora {layout.train_dir(method)}`)"
-            if "train" in method_cfg else
+            if method_cfg.trained else
             f"method '{method}' has no `train` block, so it loads no training output (got lora="
             f"'{lora}'); its weights come from the config (methods.{method}.lora / unet)")
     trained = Path(lora) if lora is not None else None
     full_unet = trained is not None and (trained / "unet" / "config.json").is_file()
     if full_unet:  # a full-UNet training (Diffusion-DPO's official recipe): its UNet replaces the base's
         unet_source = {"path": str(trained), "subfolder": "unet"}
-    pipe = load_model_pipeline(config, method_cfg["model"], models_root=models_root, dtype=dtype,
+    pipe = load_model_pipeline(config, method_cfg.model, models_root=models_root, dtype=dtype,
                                device="cpu", unet_source=unet_source)
-    if "lora" in method_cfg:
-        _load_lora(pipe, method_cfg["lora"], method, key=f"methods.{method}.lora")
+    if method_cfg.lora is not None:
+        _load_lora(pipe, method_cfg.lora, method, key=f"methods.{method}.lora")
     elif trained is not None and not full_unet:
         if not (trained / LORA_WEIGHTS).is_file():
             raise FileNotFoundError(f"method '{method}' is trained but '{trained}' holds neither "

@@ -131,7 +131,9 @@ def figure_block(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 def trained_methods(config: dict[str, Any]) -> list[str]:
     """Every method of the config with a ``train`` block (a profile may not evaluate all)."""
-    return [m for m, spec in config["methods"].items() if "train" in spec]
+    from spo.config_blocks import method_spec
+
+    return [m for m in config["methods"] if method_spec(config, m).trained]
 
 
 def figure_methods(config: dict[str, Any], name: str) -> list[str]:
@@ -153,9 +155,11 @@ def check_figures(config: dict[str, Any]) -> list[str]:
         if prompt_set is not None and prompt_set not in config["prompt_sets"]:
             out.append(f"config key 'figures.{name}.prompt_set' names '{prompt_set}', which is not "
                        f"under 'prompt_sets'")
+    from spo.config_blocks import method_spec
+
     for name in (n for n, figure in FIGURES.items() if figure.trained_only):
         untrained = [m for m in figure_methods(config, name)
-                     if m in config["methods"] and "train" not in config["methods"][m]]
+                     if m in config["methods"] and not method_spec(config, m).trained]
         if untrained:
             out.append(f"config key 'figures.{name}' names {untrained}, which are not trained here")
     return out
@@ -210,9 +214,10 @@ def _validation(config, spec, methods):
 def _everything(config, spec, methods):
     """The compute table sums the benchmark TSV of every job (--benchmarks): it runs last, after
     every other output of the run; of these it reads only the summary tables (the gains)."""
+    from spo.config_blocks import method_spec
     from spo.config_queries import evaluated_methods
 
-    trained = [m for m in evaluated_methods(config) if "train" in config["methods"][m]]
+    trained = [m for m in evaluated_methods(config) if method_spec(config, m).trained]
     others = [n for n in (config.get("figures") or {}) if n != "compute"]
     return [Reads("tables"), Reads("all_scores"), Reads("spm_outputs"),
             Reads("trained", tuple(trained)), Reads("figures", tuple(others)),

@@ -59,12 +59,13 @@ def read_manifests(shard_dirs: Sequence[str | Path]) -> pd.DataFrame:
 
 def prompt_order(config: dict[str, Any], prompt_set: str, root: str | Path = ".") -> pd.DataFrame:
     """The prompt set's (prompt_id, prompt) rows in file order."""
+    from spo.config_blocks import prompt_set_spec
     from spo.prompts import load_prompt_set
 
     if prompt_set not in config["prompt_sets"]:
         raise FigureError(f"prompt set '{prompt_set}' is not under 'prompt_sets'; defined: "
                           f"{', '.join(sorted(config['prompt_sets']))}")
-    return load_prompt_set(config["prompt_sets"][prompt_set], root)[["prompt_id", "prompt"]]
+    return load_prompt_set(prompt_set_spec(config, prompt_set), root)[["prompt_id", "prompt"]]
 
 
 def image_table(manifest: pd.DataFrame, methods: Sequence[str], prompts: pd.DataFrame,

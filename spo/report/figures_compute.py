@@ -57,6 +57,7 @@ def compute_table(config: dict[str, Any], name: str, inputs: Sequence[str], out:
     job held (the workflow passes what its rules asked for).
     """
     from spo.compute import read_benchmarks
+    from spo.config import method_spec, model_spec, train_settings
     from spo.io import write_text_atomic
 
     gpus = gpus or {}
@@ -77,16 +78,18 @@ def compute_table(config: dict[str, Any], name: str, inputs: Sequence[str], out:
     stages = records.groupby("stage").agg(jobs=("job", "size"), seconds=("seconds", "sum"),
                                           gpu_hours=("gpu_hours", "sum")).reset_index()
     methods, paper_hours = [], paper_gpu_hours(root)
-    for method, mspec in config["methods"].items():
-        if "train" not in mspec:
+    for method in config["methods"]:
+        mspec = method_spec(config, method)
+        if not mspec.trained:
             continue
         train = records[(records["stage"] == "train") & (records["job"] == method)]
         if train.empty:
             continue
-        pref = mspec["train"].get("preference") or {}
-        spm = records[(records["stage"] == "train_spm") & (records["job"] == pref.get("run", "\0"))]
-        family = config["models"][mspec["model"]]["family"]
-        algorithm = mspec["train"].get("algorithm", "spo")
+        settings = train_settings(config, method)
+        spm = records[(records["stage"] == "train_spm")
+                      & (records["job"] == settings.preference.get("run", "\0"))]
+        family = model_spec(config, mspec.model).family
+        algorithm = settings.algorithm
         paper = paper_hours.get(family, {})
         methods.append({"method": method, "family": family, "algorithm": algorithm,
                         "train_seconds": float(train["seconds"].sum()),

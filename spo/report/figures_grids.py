@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from spo import layout
+from spo.config_blocks import method_spec, model_spec, prompt_set_spec
 
 from spo.report.figures_common import (FigureError, check_methods, colorfulness, draw_grid,
                                        figure_spec, image_table, load_rgb, prompt_order,
@@ -26,7 +27,7 @@ from spo.report.figures_common import (FigureError, check_methods, colorfulness,
 
 
 def method_label(config: dict[str, Any], method: str) -> str:
-    return config["methods"][method].get("label", method)
+    return method_spec(config, method).label_or(method)
 
 
 def _grid_cells(table: dict[str, list[str]], methods: Sequence[str], n_prompts: int,
@@ -67,7 +68,7 @@ def prompt_grid(config: dict[str, Any], name: str, inputs: Sequence[str], out: s
     col_labels = [] if one_method else [wrap(t, 24, 3) for t in prompts["prompt"][:columns]]
     row_labels = [wrap(method_label(config, m), 16, 3) for m in row_methods]
     colour = {m: float(np.mean([colorfulness(load_rgb(p)) for p in table[m]])) for m in methods}
-    label = config["prompt_sets"][prompt_set].get("label", prompt_set)
+    label = prompt_set_spec(config, prompt_set).label_or(prompt_set)
     draw_grid(cells, out, row_labels=row_labels, col_labels=col_labels, cell_captions=captions,
               title=spec.get("title", f"{label}: " + " / ".join(method_label(config, m) for m in methods)))
     return write_data(out, {
@@ -89,31 +90,36 @@ def lora_transfer(config: dict[str, Any], name: str, inputs: Sequence[str], out:
     spec = figure_spec(config, name)
     base, transfer, lora_method = spec["base_method"], spec["transfer_method"], spec["lora_method"]
     check_methods(config, name, "base_method / transfer_method / lora_method", [base, transfer, lora_method])
-    methods = config["methods"]
     problems = []
     for key, method in (("base_method", base), ("transfer_method", transfer)):
-        if methods[method]["model"] != spec["target_model"]:
+        if method_spec(config, method).model != spec["target_model"]:
             problems.append(f"'figures.{name}.{key}' is '{method}', whose model is "
-                            f"'{methods[method]['model']}', not the target_model '{spec['target_model']}'")
+                            f"'{method_spec(config, method).model}', not the target_model "
+                            f"'{spec['target_model']}'")
     try:  # the one parser of a LoRA-transfer path (the config check at load runs it too)
         transferred = layout.lora_transfer_method(config, transfer)
     except layout.LayoutError:
         transferred = None
     if transferred != lora_method:
         problems.append(f"'methods.{transfer}.lora' must be {{path: {layout.train_dir(lora_method)}}} "
-                        f"(the LoRA of lora_method), got {methods[transfer].get('lora')!r}")
-    if "train" not in methods[lora_method]:
+                        f"(the LoRA of lora_method), got {method_spec(config, transfer).lora!r}")
+    if not method_spec(config, lora_method).trained:
         problems.append(f"'figures.{name}.lora_method' is '{lora_method}', which is not trained here")
     if problems:
         raise FigureError("config: " + "; ".join(problems))
     grid_config = {**config, "figures": {name: {
         "prompt_set": spec["prompt_set"], "rows": [base, transfer], "columns": spec.get("columns"),
         "title": f"LoRA of {method_label(config, lora_method)} on "
-                 f"{config['models'][spec['target_model']].get('label', spec['target_model'])}"}}}
+                 f"{_model_label(config, spec['target_model'])}"}}}
     data = prompt_grid(grid_config, name, inputs, out, root)
     data.update({"lora_method": lora_method, "target_model": spec["target_model"],
-                 "lora_model": methods[lora_method]["model"]})
+                 "lora_model": method_spec(config, lora_method).model})
     return write_data(out, data)
+
+
+def _model_label(config: dict[str, Any], model: str) -> str:
+    label = model_spec(config, model).label if model in config["models"] else None
+    return model if label is None else label
 
 
 def read_examples(train_dir: str | Path) -> list[dict[str, Any]]:

@@ -147,6 +147,7 @@ def disagreement(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
 
     from PIL import Image
 
+    from spo.config_blocks import metric_spec
     from spo.metrics import build_scorer, resolve_weights
     from spo.spm.data import read_pairs
 
@@ -155,9 +156,10 @@ def disagreement(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
     if predictor not in config["metrics"]:
         raise FigureError(f"config key 'figures.{name}.predictor' names '{predictor}', which is not "
                           f"under 'metrics'; defined: {', '.join(sorted(config['metrics']))}")
-    mspec = config["metrics"][predictor]
+    mspec = config["metrics"][predictor]  # the scorers read their block as the config's mapping
     weights = resolve_weights(mspec, tiny_root=str(Path(models_root) / "metrics" / predictor))
-    scorer = build_scorer(mspec.get("scorer", predictor), mspec, device="cpu", weights=weights)
+    scorer = build_scorer(metric_spec(config, predictor).scorer_of(predictor), mspec, device="cpu",
+                          weights=weights)
     max_pairs, n_examples = int(spec.get("max_pairs", 2000)), int(spec.get("examples", 4))
     rng = np.random.default_rng(int(spec.get("seed", 0)))
     results, examples = [], []
@@ -221,9 +223,18 @@ def disagreement(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
                                          for e in examples]})
 
 
+def _method_label(config: dict[str, Any], method: str) -> str:
+    """The method's label; its name where it has none, or where this config has no such method."""
+    from spo.config_blocks import method_spec
+
+    return method_spec(config, method).label_or(method) if method in config["methods"] else method
+
+
 def spm_accuracy(config: dict[str, Any], name: str, inputs: Sequence[str], out: str | Path,
                  root: str | Path = ".") -> dict[str, Any]:
     """Pairwise accuracy against t of each SPM run (untrained and trained), with the ceiling."""
+    from spo.spm.settings import spm_run
+
     frames = [pd.read_csv(f) for f in inputs]
     if not frames:
         raise FigureError(f"figure '{name}': no validation CSV among the inputs")
@@ -244,7 +255,8 @@ def spm_accuracy(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
         ax.set_xlabel("t")
         ax.set_ylabel("pairwise accuracy")
         ax.set_ylim(0.3, 1.02)
-        label = ((config.get("spm") or {}).get("runs", {}).get(run) or {}).get("label", run)
+        label = spm_run(config, run).label if run in ((config.get("spm") or {}).get("runs") or {}) else None
+        label = run if label is None else label
         ax.set_title(f"{label} (n={int(part['pairs'].max())} pairs)", fontsize=8)
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -280,7 +292,7 @@ def training_curves(config: dict[str, Any], name: str, inputs: Sequence[str], ou
                 if key in per_round and per_round[key].notna().any():
                     ax.plot(per_round.index, per_round[key], label=key)
             if r == 0:
-                ax.set_title(short(config["methods"].get(method, {}).get("label", method), 40), fontsize=7)
+                ax.set_title(short(_method_label(config, method), 40), fontsize=7)
             if c == 0:
                 ax.set_ylabel(title, fontsize=7)
             if len(keys) > 1:

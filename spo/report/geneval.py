@@ -278,22 +278,23 @@ def table3_markdown(table: pd.DataFrame, notes: Iterable[str], settings: dict[st
 
 def write_table3(config: dict[str, Any], layouts: dict[str, str], out_prefix: str | Path) -> pd.DataFrame:
     """``<out_prefix>.csv`` and ``.md`` for the config's ``geneval`` block."""
-    from spo.config import images_per_prompt, inference_steps, method_guidance_scale
+    from spo.config import (geneval_settings, images_per_prompt, inference_steps,
+                            method_guidance_scale, method_spec, prompt_set_spec)
     from spo.prompts import count_prompts
 
-    spec = config["geneval"]
-    methods = list(spec["methods"])
-    n_prompts = count_prompts(config["prompt_sets"][spec["prompt_set"]])
-    per_prompt = images_per_prompt(config, spec["prompt_set"])
-    labels = {m: config["methods"][m].get("label", m) for m in methods}
-    settings = {"prompt set": f"{spec['prompt_set']} ({n_prompts} prompts)",
+    spec = geneval_settings(config)
+    methods = list(spec.methods)
+    n_prompts = count_prompts(prompt_set_spec(config, spec.prompt_set))
+    per_prompt = images_per_prompt(config, spec.prompt_set)
+    labels = {m: method_spec(config, m).label_or(m) for m in methods}
+    settings = {"prompt set": f"{spec.prompt_set} ({n_prompts} prompts)",
                 "images per prompt": per_prompt,
-                "steps": inference_steps(config, spec["prompt_set"]),
+                "steps": inference_steps(config, spec.prompt_set),
                 "CFG": "/".join(sorted({f"{method_guidance_scale(config, m):g}" for m in methods}))}
     table, markdown = build_table3(methods, labels, expected_images=n_prompts * per_prompt,
                                    layouts=layouts,
-                                   results_pattern=spec.get("results", RESULTS_PATTERN),
-                                   settings=settings, tasks=DETECTOR_TASKS.get(spec.get("detector")))
+                                   results_pattern=spec.results or RESULTS_PATTERN,
+                                   settings=settings, tasks=DETECTOR_TASKS.get(spec.detector))
     out_prefix = Path(out_prefix)
     with atomic_path(out_prefix.with_suffix(".csv")) as tmp:
         table.to_csv(tmp, index=False)

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from spo.config import evaluated_methods, evaluated_pairs, evaluated_prompt_sets
+from spo.config import (evaluated_methods, evaluated_pairs, evaluated_prompt_sets, method_spec,
+                        metric_spec, model_spec, paper_tables_settings, tables_settings)
 from spo.report.paper_numbers import PaperNumbers, PaperTable, load_paper_numbers
 
 # Tables rebuilt here: Table 3 (GenEval) is spo/report/geneval.py's.
@@ -69,13 +70,6 @@ class TablePlan:
         return bool(self.methods)
 
 
-def _refs(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    paper = spec.get("paper")
-    if paper is None:
-        return []
-    return [paper] if isinstance(paper, dict) else list(paper)
-
-
 def plan_tables(config: dict[str, Any], numbers: PaperNumbers,
                 tables: Sequence[int] = REBUILT_TABLES) -> dict[int, TablePlan]:
     """Which method fills which row and on which prompt set; ``PaperTableError`` lists every
@@ -86,8 +80,8 @@ def plan_tables(config: dict[str, Any], numbers: PaperNumbers,
     rows: dict[int, dict[str, str | None]] = {n: {r.key: None for r in numbers.tables[n].rows}
                                               for n in tables}
     evaluated = set(evaluated_methods(config))
-    for method, spec in config["methods"].items():
-        for ref in _refs(spec):
+    for method in config["methods"]:
+        for ref in method_spec(config, method).paper_refs():
             key = f"methods.{method}.paper"
             table, row = ref["table"], ref["row"]
             if table not in numbers.tables:
@@ -107,9 +101,9 @@ def plan_tables(config: dict[str, Any], numbers: PaperNumbers,
             else:
                 rows[table][row] = method
     pairs = set(evaluated_pairs(config, scored=True))
-    candidates = list((config.get("paper_tables") or {}).get("prompt_sets")
-                      or evaluated_prompt_sets(config, scored=True))
-    required = set((config.get("paper_tables") or {}).get("require") or [])
+    options = paper_tables_settings(config)
+    candidates = list(options.prompt_sets or evaluated_prompt_sets(config, scored=True))
+    required = set(options.require)
     plans = {}
     for number in tables:
         methods = [m for m in rows[number].values() if m is not None]
@@ -139,10 +133,11 @@ def plan_tables(config: dict[str, Any], numbers: PaperNumbers,
 def metric_columns(config: dict[str, Any], table: PaperTable) -> list[MetricColumn]:
     """Our metric columns for ``table``, in METRIC_COLUMNS order, for the metrics the config scores."""
     by_scorer: dict[str, str] = {}
-    for name, spec in config["metrics"].items():
+    for name in config["metrics"]:
         # one column per scorer: a scorer with variants (adherence per attribute) shows its "all"
-        if spec.get("attribute", "all") == "all":
-            by_scorer.setdefault(spec.get("scorer", name), name)
+        spec = metric_spec(config, name)
+        if spec.attribute == "all":
+            by_scorer.setdefault(spec.scorer_of(name), name)
     paper_cols = {c.key: c for c in table.columns}
     out = []
     for scorer, label, paper_column, note in METRIC_COLUMNS:
@@ -156,7 +151,7 @@ def is_comparable(config: dict[str, Any], plan: TablePlan) -> bool:
     """Our numbers are comparable with the paper's only for real (not tiny) base models."""
     from spo.models.sources import is_tiny_source
 
-    return not any(is_tiny_source(config["models"][config["methods"][m]["model"]]["source"])
+    return not any(is_tiny_source(model_spec(config, method_spec(config, m).model).source)
                    for m in plan.methods)
 
 
@@ -166,15 +161,15 @@ def baseline_gains(config: dict[str, Any], plan: TablePlan, scores: pd.DataFrame
     miniature can be compared on when the paper's absolute values cannot."""
     from spo.tables import baseline_deltas
 
-    baselines = {m: config["methods"][m].get("baseline") for m in plan.methods}
+    baselines = {m: method_spec(config, m).baseline for m in plan.methods}
     baselines = {m: b for m, b in baselines.items() if b}
     if not baselines or scores.empty or plan.prompt_set is None:
         return {}
-    opts = config["tables"]
+    opts = tables_settings(config)
     wanted = set(baselines) | set(baselines.values())
     part = scores[(scores["prompt_set"] == plan.prompt_set) & scores["method"].isin(wanted)]
-    deltas = baseline_deltas(part, baselines, samples=opts["bootstrap_samples"],
-                             confidence=opts["confidence"], seed=opts["seed"])
+    deltas = baseline_deltas(part, baselines, samples=opts.bootstrap_samples,
+                             confidence=opts.confidence, seed=opts.seed)
     return {(r.method, r.metric): r._asdict() for r in deltas.itertuples(index=False)}
 
 
@@ -192,7 +187,7 @@ def table_frame(config: dict[str, Any], numbers: PaperNumbers, plan: TablePlan,
     from spo.tables import summarise
 
     table = numbers.tables[plan.number]
-    opts = config["tables"]
+    opts = tables_settings(config)
     columns = metric_columns(config, table)
     comparable = is_comparable(config, plan)
     gains = baseline_gains(config, plan, scores)
@@ -210,8 +205,8 @@ def table_frame(config: dict[str, Any], numbers: PaperNumbers, plan: TablePlan,
             missing = sorted({c.metric for c in columns} - set(mine["metric"]))
             if missing:
                 raise PaperTableError(f"{where}, but its scores lack metric(s) {missing}")
-            summary = summarise(mine, samples=opts["bootstrap_samples"],
-                                confidence=opts["confidence"], seed=opts["seed"]).set_index("metric")
+            summary = summarise(mine, samples=opts.bootstrap_samples,
+                                confidence=opts.confidence, seed=opts.seed).set_index("metric")
             if not summary.index.is_unique:
                 raise PaperTableError(f"{where}, but its scores mix metric versions: "
                                       f"{summary['metric_version'].to_dict()}")
@@ -223,7 +218,7 @@ def table_frame(config: dict[str, Any], numbers: PaperNumbers, plan: TablePlan,
                    "metric": col.metric, "metric_label": col.label,
                    "paper_column": col.paper_column or "", "paper": paper,
                    "metric_version": "", "ours": np.nan, "delta": np.nan, "ci_low": np.nan,
-                   "ci_high": np.nan, "confidence": opts["confidence"], "n_prompts": 0,
+                   "ci_high": np.nan, "confidence": opts.confidence, "n_prompts": 0,
                    "n_images": 0, "comparable": comparable, "status": "not run", "baseline": "",
                    "gain": np.nan, "gain_ci_low": np.nan, "gain_ci_high": np.nan}
             if summary is not None:

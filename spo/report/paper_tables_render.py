@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from spo import layout
+from spo.config_blocks import prompt_set_spec, tables_settings
 from spo.io import write_text_atomic
 from spo.report.paper_numbers import PaperNumbers, PaperTable
 
@@ -35,7 +36,7 @@ def header_lines(config: dict[str, Any], numbers: PaperNumbers, plan, frame: pd.
     """
     table = numbers.tables[plan.number]
     profile = config["profile"]
-    opts = config["tables"]
+    opts = tables_settings(config)
     lines = [f"Paper: {table.cite()}." if short else
              f"Paper: \"{table.caption}\" ({table.cite()}). Paper setting: {table.setting}."]
     from spo.environment import LOCK_FILE, short_lock_hash
@@ -51,11 +52,11 @@ def header_lines(config: dict[str, Any], numbers: PaperNumbers, plan, frame: pd.
     ours = frame[frame["status"] == "ours"]
     n_prompts = int(ours["n_prompts"].max())
     n_images = int(ours["n_images"].max())
-    label = config["prompt_sets"][plan.prompt_set].get("label", plan.prompt_set)
+    label = prompt_set_spec(config, plan.prompt_set).label_or(plan.prompt_set)
     lines.append(f"Ours: {config_line}; prompt set `{plan.prompt_set}` ({label}): {n_prompts} "
-                 f"prompts, {n_images} images per row; mean over images; {opts['confidence']:.0%} "
-                 f"percentile bootstrap CI over prompts ({opts['bootstrap_samples']} resamples, "
-                 f"seed {opts['seed']}). Computed from the per-image score files only.")
+                 f"prompts, {n_images} images per row; mean over images; {opts.confidence:.0%} "
+                 f"percentile bootstrap CI over prompts ({opts.bootstrap_samples} resamples, "
+                 f"seed {opts.seed}). Computed from the per-image score files only.")
     versions = ours.groupby("metric_label", sort=False)["metric_version"].first()
     parts = [f"{lab} `{ver}`" for lab, ver in versions.items()]
     if short:

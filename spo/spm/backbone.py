@@ -121,7 +121,8 @@ class DiffusionBackbone:
 def load_backbone(config: dict[str, Any], model: str, *, models_root, device: str = "cpu",
                   dtype: str = "float32", guidance_scale: float = 5.0) -> DiffusionBackbone:
     """The base pipeline of ``models.<model>`` (hub, local or DAG-built tiny) as a backbone."""
+    from spo.config_blocks import model_spec
     from spo.models.pipelines import load_model_pipeline
 
     pipe = load_model_pipeline(config, model, models_root=models_root, dtype=dtype, device=device)
-    return DiffusionBackbone(pipe, config["models"][model]["family"], guidance_scale, device)
+    return DiffusionBackbone(pipe, model_spec(config, model).family, guidance_scale, device)

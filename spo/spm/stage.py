@@ -38,10 +38,12 @@ def resolve_pickscore(config: dict[str, Any], models_root) -> tuple[str, str]:
 
 
 def make_pairs(config, dataset: str, split: str, out_dir, *, models_root, root=".") -> None:
-    spec = config["spm"]["datasets"][dataset]
+    from spo.spm.settings import spm_dataset
+
+    spec = spm_dataset(config, dataset)
     if split not in SPLITS:
         raise SystemExit(f"error: split {split!r}; allowed: {', '.join(SPLITS)}")
-    if is_tiny(spec):
+    if spec.tiny is not None:
         from spo.spm.tiny_pairs import make_tiny_pairs
 
         make_tiny_pairs(config, dataset, split, out_dir, models_root=models_root, root=root)
@@ -49,8 +51,8 @@ def make_pairs(config, dataset: str, split: str, out_dir, *, models_root, root="
         from spo.spm.pickapic import convert_pickapic
 
         # unlabelled rows: the train split only (validation keeps labelled rows, as official)
-        convert_pickapic(spec[split], split, out_dir, root=root,
-                         unlabelled=spec.get("unlabelled", "drop") if split == "train" else "drop")
+        convert_pickapic(getattr(spec, split), split, out_dir, root=root,
+                         unlabelled=spec.unlabelled if split == "train" else "drop")
 
 
 def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, validation_csv,
@@ -64,24 +66,28 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     from spo.preference.spm_io import from_pickscore, save_spm
     from spo.spm.backbone import load_backbone
     from spo.spm.stream import PairStream
-    from spo.spm.train import VAL_COLUMNS, add_pseudo_labels, check_run_spec, train_loop, validate
+    from spo.spm.settings import spm_dataset
+    from spo.spm.train import (VAL_COLUMNS, add_pseudo_labels, check_run_spec, run_settings,
+                               train_loop, validate)
     from spo.devices import process_device
 
-    spec = config["spm"]["runs"][run]
+    spec = config["spm"]["runs"][run]  # the mapping: the trainer's input and the provenance's record
     check_run_spec(run, spec)
+    settings = run_settings(run, spec)
     device = device or process_device()  # cuda:<LOCAL_RANK> under a multi-GPU launch
     began = time.perf_counter()
-    torch.manual_seed(spec["seed"])  # the timestep embedder's init draws from the global generator
+    torch.manual_seed(settings.seed)  # the timestep embedder's init draws from the global generator
     model_dir, processor_dir = resolve_pickscore(config, models_root)
-    scorer = from_pickscore(model_dir, processor_dir, time_condition=spec["time_condition"], device=device)
-    backbone = load_backbone(config, spec["model"], models_root=models_root, device=device,
-                             dtype=spec.get("backbone_dtype", "float32"),
-                             guidance_scale=spec.get("guidance_scale", 5.0))
+    scorer = from_pickscore(model_dir, processor_dir, time_condition=settings.time_condition,
+                            device=device)
+    backbone = load_backbone(config, settings.model, models_root=models_root, device=device,
+                             dtype=settings.backbone_dtype, guidance_scale=settings.guidance_scale)
     # Streamed per batch (spo.spm.stream): nothing here holds the pairs, images or latents.
-    streams = {name: PairStream(paths, cache, encoder=backbone.encode, resolution=spec.get("resolution"))
+    streams = {name: PairStream(paths, cache, encoder=backbone.encode, resolution=settings.resolution)
                for name, paths, cache in (("train", pairs, latents), ("validation", val_pairs, val_latents))}
-    if spec.get("vae_latents", "mean") == "sample":  # a fresh posterior sample per step: encode images
-        if is_tiny(config["spm"]["datasets"][spec["data"]]):
+    dataset_spec = spm_dataset(config, settings.data)
+    if settings.vae_latents == "sample":  # a fresh posterior sample per step: encode images
+        if dataset_spec.tiny is not None:
             raise ValueError(f"config key 'spm.runs.{run}.vae_latents' is 'sample', but the tiny pairs "
                              f"carry their generation latents, not images to encode; use 'mean'")
         streams["train"].store = None  # means only; read images in row-group windows instead
@@ -91,24 +97,23 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
         prompts = prompts | found if found is not None and prompts is not None else None
     if prompts is not None and len(prompts) <= MAX_CACHED_PROMPTS:
         backbone.precompute(sorted(prompts))
-    dataset_spec = config["spm"]["datasets"][spec["data"]]
-    ceiling = is_tiny(dataset_spec)  # labels are the analytic statistic: its own accuracy is the ceiling
-    thr = (spec.get("pickscore_labels") or {}).get("threshold")
+    ceiling = dataset_spec.tiny is not None  # labels are the analytic statistic: its own accuracy is the ceiling
+    thr = settings.pickscore_threshold()
     if thr is not None:
         for part in streams.values():
             add_pseudo_labels(scorer, part, thr)
     # Under `accelerate launch` every process trains; only the first validates and writes.
     main = os.environ.get("RANK", "0") == "0"
-    val_kw = dict(seed=spec["seed"], batch=spec.get("val_batch_size", 64), ceiling=ceiling)
+    val_kw = dict(seed=settings.seed, batch=settings.val_batch_size, ceiling=ceiling)
     rows = [{"stage": "init", "step": 0, **r} for r in
-            validate(scorer, backbone, streams["validation"], spec["val_timesteps"], **val_kw)] if main else []
+            validate(scorer, backbone, streams["validation"], settings.val_timesteps, **val_kw)] if main else []
     if main:
         log.info("untrained: %s", [(r["t"], round(r["accuracy"], 3)) for r in rows])
     result = train_loop(scorer, backbone, streams["train"], spec, Path(checkpoints), run=run,
                         stop_after=stop_after, record_batches=record_batches)
-    if result["step"] < spec["steps"] or not result["main"]:
+    if result["step"] < settings.steps or not result["main"]:
         return {**result, "model": scorer.model}  # stopped early (tests): no outputs, as a kill leaves none
-    final = validate(scorer, backbone, streams["validation"], spec["val_timesteps"], **val_kw)
+    final = validate(scorer, backbone, streams["validation"], settings.val_timesteps, **val_kw)
     rows += [{"stage": "final", "step": result["step"], **r} for r in final]
     log.info("trained: %s", [(r["t"], round(r["accuracy"], 3), round(r["ceiling"], 3)) for r in final])
     table = pd.DataFrame([{"run": run, **r} for r in rows], columns=VAL_COLUMNS)

@@ -55,6 +55,8 @@ def split_prompts(prompts: pd.DataFrame, split: str, val_prompts: int) -> pd.Dat
 def make_tiny_pairs(config: dict[str, Any], dataset: str, split: str, out_dir, *, models_root,
                     root: str | Path = ".", batch: int = 32) -> pd.DataFrame:
     """Generate the ``split`` pairs of ``spm.datasets.<dataset>`` (a tiny source) into ``out_dir``."""
+    from spo.config_blocks import generation_spec
+    from spo.spm.settings import tiny_pairs_settings
     from spo.io import atomic_path, provenance, write_json_atomic, write_parquet_atomic
     from spo.models.backbone import default_resolution
     from spo.preference.base import colorfulness_torch
@@ -63,16 +65,15 @@ def make_tiny_pairs(config: dict[str, Any], dataset: str, split: str, out_dir, *
     from spo.spm.backbone import load_backbone
     from spo.spm.data import decode_image
 
-    spec = config["spm"]["datasets"][dataset]["tiny"]
-    gen = config["generation"]
-    prompts = split_prompts(load_prompt_set({"source": {"path": spec["prompts"]}}, root), split,
-                            spec["val_prompts"])
-    backbone = load_backbone(config, spec["model"], models_root=models_root)
+    spec = tiny_pairs_settings(config, dataset)
+    gen = generation_spec(config)
+    prompts = split_prompts(load_prompt_set({"source": {"path": spec.prompts}}, root), split,
+                            spec.val_prompts)
+    backbone = load_backbone(config, spec.model, models_root=models_root)
     pipe = backbone.pipe
-    side = gen["resolution"] or default_resolution(pipe)
+    side = gen.resolution or default_resolution(pipe)
     # Validation may use more images per prompt: more held-out pairs, a tighter accuracy estimate.
-    n = spec.get("val_images_per_prompt", spec["images_per_prompt"]) if split == "validation" \
-        else spec["images_per_prompt"]
+    n = spec.images_for(split)
     jobs = [(r.prompt_id, r.prompt, i) for r in prompts.itertuples() for i in range(n)]
     latents, images = [], []
     for start in range(0, len(jobs), batch):
@@ -80,8 +81,8 @@ def make_tiny_pairs(config: dict[str, Any], dataset: str, split: str, out_dir, *
         gens = [torch.Generator().manual_seed(image_seed(config["seed"], pid, i)) for pid, _, i in chunk]
         with torch.no_grad():
             lat = pipe(prompt=[p for _, p, _ in chunk], generator=gens, height=side, width=side,
-                       num_inference_steps=gen["num_inference_steps"], eta=gen["eta"],
-                       guidance_scale=gen["guidance_scale"], output_type="latent").images
+                       num_inference_steps=gen.num_inference_steps, eta=gen.eta,
+                       guidance_scale=gen.guidance_scale, output_type="latent").images
         latents.append(lat.float())
         images.append(backbone.decode(lat))
     latents, images = torch.cat(latents), torch.cat(images)
@@ -100,9 +101,9 @@ def make_tiny_pairs(config: dict[str, Any], dataset: str, split: str, out_dir, *
                          "examples_per_prompt": len(pairs), "latent_0": blobs[idx[a]],
                          "latent_1": blobs[idx[b]], "latent_shape": shape})
     frame = pd.DataFrame(rows)
-    labels = colorfulness_labels(frame.pop("c0"), frame.pop("c1"), spec["tie_margin"])
+    labels = colorfulness_labels(frame.pop("c0"), frame.pop("c1"), spec.tie_margin)
     if split == "train":
-        labels = flip_labels(labels, spec["label_noise"], seed=config["seed"])
+        labels = flip_labels(labels, spec.label_noise, seed=config["seed"])
     frame.insert(5, "label", labels)
     frame = validate_pairs(frame, f"tiny pairs {dataset}/{split}")
     with atomic_path(out_dir, is_dir=True) as tmp:

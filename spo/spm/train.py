@@ -47,6 +47,15 @@ def check_run_spec(run: str, spec: dict[str, Any]) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems), problems)
 
 
+def run_settings(run: str, spec: dict[str, Any]):
+    """``spm.runs.<run>`` as ``spo.spm.settings.SPMRunSettings`` (memoised: the object the config
+    check at load parsed)."""
+    from spo.config_spec import parse
+    from spo.spm.settings import SPMRunSettings
+
+    return parse(SPMRunSettings, spec, f"spm.runs.{run}")
+
+
 def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer) -> Path:
     """Atomically write ``<ckpt_dir>/step-<N>/state.pt`` (model, optimiser, step) through
     ``spo.checkpoint`` (verified manifest; the newest two are kept)."""
@@ -191,14 +200,14 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
     from spo.training.loop import accelerator_on
 
     check_run_spec(run, spec)
-    precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[spec.get("dtype", "float32")]
+    settings = run_settings(run, spec)  # the typed block (spo.spm.settings), its defaults filled in
+    precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[settings.dtype]
     model = scorer.model
     accel = accelerator_on(next(model.parameters()).device, precision)  # where the scorer was loaded
     rank, world = accel.process_index, accel.num_processes
     params = list(model.parameters())  # model order: the clipping norm's sum as before, bitwise
-    opt = torch.optim.AdamW(optimizer_groups(model, spec.get("weight_decay", 0.0),
-                                             spec.get("weight_decay_on", "matrices")), lr=spec["lr"],
-                            betas=tuple(spec.get("betas", (0.9, 0.999))), eps=1e-8)
+    opt = torch.optim.AdamW(optimizer_groups(model, settings.weight_decay, settings.weight_decay_on),
+                            lr=settings.lr, betas=tuple(settings.betas), eps=1e-8)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     start, resumed = 0, None
     found = latest_checkpoint(ckpt_dir, load=_load_state)
@@ -218,25 +227,25 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers()  # SLURM's SIGUSR1 / SIGTERM: checkpoint at the next step
     began = time.perf_counter()
-    total, bsz, every = spec["steps"], spec["batch_size"], spec.get("checkpoint_every", 0)
+    total, bsz, every = settings.steps, settings.batch_size, settings.checkpoint_every
     # Memory-mapped latents: pair-level shuffle. Encoding images per step: row-group windows, so
     # each row group of images is decoded once per epoch (see stream.epoch_order).
     window = None if train.store is not None else train.rows.cache_groups
-    order = BatchOrder(len(train), spec["seed"], train.rows.group_sizes, window)
+    order = BatchOrder(len(train), settings.seed, train.rows.group_sizes, window)
     latent_shape = tuple(train.latent_shape)
     batches = []
     step = start
     while step < total:
         idx = order(step, bsz)
-        gen = step_generator(spec["seed"], step)
+        gen = step_generator(settings.seed, step)
         t = torch.randint(0, backbone.num_train_timesteps, (bsz,), generator=gen)
         noise = torch.randn((bsz,) + latent_shape, generator=gen)
-        flip = torch.rand(bsz, generator=gen) < 0.5 if spec.get("augment") else None
+        flip = torch.rand(bsz, generator=gen) < 0.5 if settings.augment else None
         # vae_latents "sample": a fresh VAE posterior sample per step, as the official
         # get_noised_imgs (latent_dist.sample()); its noise drawn for the whole batch, so any
         # number of processes sees the same latents. "mean": the cached posterior mean.
         posterior = (torch.randn((bsz, 2) + latent_shape, generator=gen)
-                     if spec.get("vae_latents", "mean") == "sample" else None)
+                     if settings.vae_latents == "sample" else None)
         meta = train.meta(idx)  # the whole batch's labels and weights (small): the loss needs W
         mine = torch.arange(rank, bsz, world)
         prompts = [meta["prompts"][i] for i in mine.tolist()]
@@ -246,9 +255,8 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
         if flip is not None:  # label-preserving for colourfulness: a flip per pair, seeded
             images = torch.where(flip[mine].repeat(2).view(-1, 1, 1, 1), images.flip(-1), images)
         for group in opt.param_groups:
-            group["lr"] = learning_rate(step, spec["lr"], spec.get("warmup_steps", 0), total,
-                                        spec.get("lr_schedule", "warmup_decay"),
-                                        spec.get("warmup_shape", "linear"))
+            group["lr"] = learning_rate(step, settings.lr, settings.warmup_steps, total,
+                                        settings.lr_schedule, settings.warmup_shape)
         label, epp = meta["label"][mine].to(accel.device), meta["epp"][mine].to(accel.device)
         with accel.autocast():
             s0, s1 = score_pairs(scorer, images, prompts, t[mine])
@@ -261,13 +269,13 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
             path = save_checkpoint(ckpt_dir, step, model, opt) if accel.is_main_process else ckpt_dir
             raise SPMTrainingError(f"spm run '{run}': the loss is {loss.item()} at step {step}; "
                                    f"stopped with the last good state in '{path}'. Lower "
-                                   f"'spm.runs.{run}.lr' (now {spec['lr']}) or check the pairs")
+                                   f"'spm.runs.{run}.lr' (now {settings.lr}) or check the pairs")
         opt.zero_grad(set_to_none=True)
         accel.backward(loss)
         # Unused parameters have no gradient on every rank alike; AdamW leaves them untouched.
         _all_reduce_([p.grad for p in params if p.grad is not None], world)
-        if spec.get("grad_clip"):
-            accel.clip_grad_norm_(params, spec["grad_clip"])
+        if settings.grad_clip:
+            accel.clip_grad_norm_(params, settings.grad_clip)
         opt.step()
         if record_batches:
             batches.append([meta["pair_id"][i] for i in mine.tolist()])

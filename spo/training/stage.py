@@ -31,14 +31,15 @@ def source_digest(spec: dict[str, Any], tiny_dir: str | Path | None) -> str:
 
 def model_digest(config: dict[str, Any], model_name: str, models_root: str | Path) -> dict[str, str]:
     """``models.<model_name>``: its source and, when given, its own VAE and UNet."""
+    from spo.config_blocks import model_spec
     from spo.models.pipelines import tiny_model_dir
 
-    cfg = config["models"][model_name]
+    spec = model_spec(config, model_name)
     tiny = tiny_model_dir(models_root, model_name)
-    out = {"source": source_digest(cfg["source"], tiny)}
+    out = {"source": source_digest(spec.source, tiny)}
     for part in ("vae", "unet"):
-        if part in cfg:
-            out[part] = source_digest(cfg[part], tiny / part)
+        if getattr(spec, part) is not None:
+            out[part] = source_digest(getattr(spec, part), tiny / part)
     return out
 
 
@@ -70,15 +71,18 @@ def training_input_digests(config: dict[str, Any], method: str, settings, *, mod
     """Every input of ``methods.<method>``'s training besides its settings and prompt list (which
     the trainer adds): base model, resolution, preference model weights, the prompt file, the
     offline pairs. A training resumes only checkpoints whose record of these equals this."""
-    model = config["methods"][method]["model"]
+    from spo.config_blocks import method_spec
+
+    model = method_spec(config, method).model
     inputs: dict[str, Any] = {"base_model": model_digest(config, model, models_root),
                               "resolution": resolution}
     if preference_spec is not None:
         inputs["preference"] = preference_digest(preference_spec, models_root)
     if settings.algorithm != "diffusion-dpo":
+        from spo.config import prompt_set_spec
         from spo.prompts import fetched_prompt_file
 
-        source = config["prompt_sets"][settings.prompts]["source"]
+        source = prompt_set_spec(config, settings.prompts).source
         file = (Path(root) / source["path"] if "path" in source
                 else fetched_prompt_file(source, root) if "url" in source else None)
         inputs["prompt_file"] = (f"sha256 {sha256_file(file)[:16]}" if file is not None and file.is_file()
@@ -104,35 +108,37 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
     from spo.preference import build_preference
     from spo.prompts import load_prompt_set
     from spo.devices import process_device
-    from spo.config import train_settings
+    from spo.config import (generation_spec, method_spec, model_spec, prompt_set_spec,
+                            train_settings)
     from spo.training.settings import trainer_for
 
-    method_cfg = config["methods"][method]
-    if "train" not in method_cfg:
+    method_cfg = config["methods"][method]  # the mapping: its hash is the run's fingerprint
+    if not method_spec(config, method).trained:
         raise ValueError(f"method '{method}' has no 'train' block; nothing to train")
     settings = train_settings(config, method)  # the object the config check parsed at load
     # Before any model is loaded: the global recipe must split over this launch's processes.
     from spo.training.batching import launch_world_size
 
     settings.process_batches(launch_world_size())
-    model_cfg = config["models"][method_cfg["model"]]
+    model_name = method_spec(config, method).model
+    model_cfg = config["models"][model_name]  # the mapping: recorded as the run's resolved model
     device = device or process_device()  # cuda:<LOCAL_RANK> under a multi-GPU launch
     # ... and the precision policy must run on this device (spo.training.precision).
     from spo.training.precision import cast_frozen, check_precision, under_policy
 
     precision = check_precision(settings.mixed_precision, device,
                                 key=f"methods.{method}.train.mixed_precision")
-    pipe = load_model_pipeline(config, method_cfg["model"], models_root=models_root, device=device)
+    pipe = load_model_pipeline(config, model_name, models_root=models_root, device=device)
     full_unet = settings.algorithm == "diffusion-dpo" and settings.algorithm_settings().full_unet
     cast_frozen(pipe, precision, keep_unet=full_unet)  # a wholly trained UNet stays float32
-    resolution = (settings.resolution or config["generation"]["resolution"]
+    resolution = (settings.resolution or generation_spec(config).resolution
                   or default_resolution(pipe))
     extra: dict[str, Any] = {}
     if settings.algorithm == "diffusion-dpo":  # its pair dataset was checked at load
         # Offline: the pairs carry prompts and labels; no prompt set, no preference model.
         prompts, preference, extra = [], None, {"pairs": pairs, "latents": latents}
     else:
-        prompts = load_prompt_set(config["prompt_sets"][settings.prompts], root)["prompt"].tolist()
+        prompts = load_prompt_set(prompt_set_spec(config, settings.prompts), root)["prompt"].tolist()
         spec = dict(settings.preference)
         if spec["name"] == "pickscore" and "path" not in spec and (config.get("spm") or {}).get("pickscore"):
             # Plain PickScore as the preference: the same weights the SPM starts from (spm.pickscore:
@@ -151,5 +157,5 @@ def train_method(config: dict[str, Any], method: str, out_dir: str | Path, *,
                 "fingerprint": stable_hash(method_cfg), "inputs": inputs}
     trainer = trainer_for(settings.algorithm)
     return trainer(Backbone(pipe, resolution, autocast=precision.autocast),
-                   pipeline_class(model_cfg["family"]), prompts,
+                   pipeline_class(model_spec(config, model_name).family), prompts,
                    preference, settings, out_dir, checkpoint_dir, resolved=resolved, **extra)

@@ -76,7 +76,7 @@ def test_bad_settings_name_the_key(key, value, match):
 @pytest.mark.parametrize("key, value, match", [
     ("data", "nope", r"'spm.runs.tiny-sd15-spm.data' is 'nope'; it must be a key of 'spm.datasets'"),
     ("model", "nope", r"'spm.runs.tiny-sd15-spm.model' is 'nope'; it must be a key of 'models'"),
-    ("lr", 1.0, r"'spm.runs.tiny-sd15-spm.lr' is 1.0; the learning rate must be a finite number in \(0, 1\)"),
+    ("lr", 1.0, r"'spm.runs.tiny-sd15-spm.lr' is 1.0; it must be a number in \(0, 1\) \(the peak learning rate"),
 ])
 def test_spm_settings_the_schema_cannot_express_fail_at_load(spm_config, key, value, match):
     """What the SPM stages check before loading a model, the config check at load checks too

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from spo.config import ConfigError, evaluated_methods, evaluated_pairs, evaluated_prompt_sets, load_yaml, resolve_config, train_settings, validate_config
+from spo.config import generation_spec, geneval_settings, method_spec, metric_spec, model_spec, prompt_set_spec, resources_override, scoring_settings
 from spo import layout
 from spo.source_kind import is_tiny
 from spo.io import stable_hash, write_text_atomic
@@ -107,8 +108,8 @@ wildcard_constraints:
 def n_shards(prompt_set):
     from spo.prompts import count_prompts, num_shards
 
-    spec = CONFIG["prompt_sets"][prompt_set]
-    return num_shards(count_prompts(spec, workflow.basedir), CONFIG["generation"]["shard_size"])
+    spec = prompt_set_spec(CONFIG, prompt_set)
+    return num_shards(count_prompts(spec, workflow.basedir), generation_spec(CONFIG).shard_size)
 
 
 def shard_dirs(method, prompt_set):
@@ -128,7 +129,7 @@ ALL_METRICS = "all-metrics"
 
 def scoring_groups():
     """Scoring jobs: one per metric (clusters), or one for every metric (saves CPU start-ups)."""
-    if (CONFIG.get("scoring") or {}).get("one_job_per_metric", True):
+    if scoring_settings(CONFIG).one_job_per_metric:
         return {metric: [metric] for metric in CONFIG["metrics"]}
     return {ALL_METRICS: list(CONFIG["metrics"])}
 
@@ -160,22 +161,23 @@ def model_inputs(model):
     other local models."""
     from spo.models.sources import shipped_manifest
 
-    spec = CONFIG["models"][model]
-    if is_tiny(spec["source"]):
+    spec = model_spec(CONFIG, model)
+    if is_tiny(spec.source):
         return {"model": layout.tiny_pipeline_dir(model)}
-    manifests = {shipped_manifest(spec[k]) for k in ("source", "vae", "unet") if k in spec} - {None}
+    parts = (spec.source, spec.vae, spec.unet)
+    manifests = {shipped_manifest(part) for part in parts if part is not None} - {None}
     return {"world": sorted(manifests)} if manifests else {}
 
 
 def tiny_model_inputs(wildcards):
-    return model_inputs(CONFIG["methods"][wildcards.method]["model"])
+    return model_inputs(method_spec(CONFIG, wildcards.method).model)
 
 
 def prompt_source_inputs(prompt_set):
     """The local file a prompt set is read from: shipped, or fetched by rule fetch_prompts."""
     from spo.prompts import fetched_prompt_file
 
-    source = CONFIG["prompt_sets"][prompt_set]["source"]
+    source = prompt_set_spec(CONFIG, prompt_set).source
     if "path" in source:
         return {"prompts": source["path"]}
     if "url" in source:
@@ -189,8 +191,8 @@ def prompt_file_inputs(wildcards):
 
 def fetch_prompt_set(wildcards):
     """The prompt set whose `url` source is stored under this checksum name."""
-    for name, spec in CONFIG["prompt_sets"].items():
-        if spec["source"].get("url", {}).get("sha256", "")[:16] == wildcards.checksum:
+    for name in CONFIG["prompt_sets"]:
+        if prompt_set_spec(CONFIG, name).source.get("url", {}).get("sha256", "")[:16] == wildcards.checksum:
             return name
     raise WorkflowError(f"no prompt set with a url source of sha256 {wildcards.checksum}...")
 
@@ -210,7 +212,7 @@ def generate_inputs(wildcards):
     config `lora: {path}` names (LoRA transfer), only waited for: the stage reads that path from
     the config like any released LoRA."""
     inputs = {**tiny_model_inputs(wildcards), **prompt_file_inputs(wildcards)}
-    if "train" in CONFIG["methods"][wildcards.method]:
+    if method_spec(CONFIG, wildcards.method).trained:
         inputs["lora"] = layout.train_dir(wildcards.method)
     transferred = transferred_lora_method(wildcards.method)
     if transferred is not None:
@@ -247,22 +249,23 @@ def train_fingerprint(wildcards):
     """The config of everything a training reads: its `train:` block, base model, seed and
     resolution, and the config of its prompt set, preference model (`spm.runs.<run>` with its
     data, `spm.pickscore`) or pair dataset. The trainer also records the content of each input in
-    the checkpoint folder (spo/training/checkpoints.py: claim) and resumes only on a match."""
-    method = CONFIG["methods"][wildcards.method]
-    train, spm = method["train"], CONFIG.get("spm") or {}
+    the checkpoint folder (spo/training/checkpoints.py: claim) and resumes only on a match.
+    What is hashed are the config's mappings; the typed blocks only choose which."""
+    method, spm = method_spec(CONFIG, wildcards.method), CONFIG.get("spm") or {}
+    train = train_settings(CONFIG, wildcards.method)
     inputs = {}
-    if train.get("algorithm") == "diffusion-dpo":
-        inputs["pairs"] = (spm.get("datasets") or {}).get((train.get("diffusion_dpo") or {}).get("data"))
+    if train.algorithm == "diffusion-dpo":
+        inputs["pairs"] = (spm.get("datasets") or {}).get(train.algorithm_settings().data)
     else:
-        inputs["prompts"] = CONFIG["prompt_sets"][train["prompts"]]["source"]
-        preference = train.get("preference") or {}
+        inputs["prompts"] = prompt_set_spec(CONFIG, train.prompts).source
+        preference = train.preference
         run = (spm.get("runs") or {}).get(preference.get("run"))
         if preference.get("name") in ("spm", "spm-no-step") and run is not None:
             inputs["spm_run"] = [run, (spm.get("datasets") or {}).get(run.get("data")), spm.get("pickscore")]
         if preference.get("name") == "pickscore" and "path" not in preference:
             inputs["pickscore"] = spm.get("pickscore")
-    return stable_hash([method["train"], CONFIG["models"][method["model"]], CONFIG["seed"],
-                        CONFIG["generation"]["resolution"], inputs])
+    return stable_hash([method.train, CONFIG["models"][method.model], CONFIG["seed"],
+                        generation_spec(CONFIG).resolution, inputs])
 
 
 def train_checkpoints(wildcards):
@@ -282,7 +285,7 @@ def train_launcher(wildcards, resources):
 def tiny_metric_inputs(wildcards):
     from spo.models.sources import shipped_manifest
 
-    weights = {m: (CONFIG["metrics"][m].get("weights") or {}) for m in metric_group(wildcards.scoring)}
+    weights = {m: metric_spec(CONFIG, m).weights for m in metric_group(wildcards.scoring)}
     return {
         "weights": [layout.tiny_metric_dir(m) for m, w in weights.items()
                     if any(is_tiny(s) for s in w.values())],
@@ -315,7 +318,7 @@ def scoring_fingerprint(wildcards):
 
 def tables_fingerprint(wildcards):
     return stable_hash([CONFIG["tables"], CONFIG["evaluate"], CONFIG["profile"],
-                        {m: s.get("baseline") for m, s in CONFIG["methods"].items()}])
+                        {m: method_spec(CONFIG, m).baseline for m in CONFIG["methods"]}])
 
 
 def tables_dir(wildcards, output):

@@ -26,7 +26,7 @@ def _score_files_of(methods, prompt_set):
 
 def _tiny_metric_weights(metric):
     """A metric's tiny weights, which a rule builds (nothing for hub / local weights)."""
-    weights = (CONFIG["metrics"].get(metric) or {}).get("weights") or {}
+    weights = metric_spec(CONFIG, metric).weights if metric in CONFIG["metrics"] else {}
     return [layout.tiny_metric_dir(metric)] if any(is_tiny(s) for s in weights.values()) else []
 
 
@@ -69,7 +69,7 @@ def figure_weight_inputs(name):
 
 def _trained_methods():
     """Trained methods the run evaluates (a profile may define more than it runs)."""
-    return [m for m in evaluated_methods(CONFIG) if "train" in CONFIG["methods"][m]]
+    return [m for m in evaluated_methods(CONFIG) if method_spec(CONFIG, m).trained]
 
 
 def compute_gpus():
@@ -85,7 +85,7 @@ def compute_gpus():
     def gpus(stage, wildcards):
         # job_size without its one-time SLURM partition check, which must run at submission.
         size = JOB_SIZES[stage][_job_kind(stage, wildcards)]._asdict()
-        size.update((CONFIG.get("resources") or {}).get(stage, {}))
+        size.update(resources_override(CONFIG, stage))
         return size["gpu"]
 
     out = {}

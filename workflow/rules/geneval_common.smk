@@ -2,24 +2,15 @@
 # here; the library is spo/report/geneval.py.
 from spo.report.geneval import RESULTS_PATTERN  # `geneval.results`' default, from spo/layout.py
 
+# The typed block (spo.config_blocks.GenevalSettings; what it names was checked at load, by
+# spo.config.validate_config); the mapping itself only goes into the jobs' fingerprints.
 GENEVAL = CONFIG.get("geneval") or {"enabled": False}
-
-
-def _check_geneval():
-    if not GENEVAL["enabled"]:
-        return
-    if GENEVAL["prompt_set"] not in CONFIG["prompt_sets"]:
-        raise WorkflowError(f"geneval.prompt_set '{GENEVAL['prompt_set']}' is not a key of prompt_sets")
-    unknown = [m for m in GENEVAL["methods"] if m not in CONFIG["methods"]]
-    if unknown:
-        raise WorkflowError(f"geneval.methods names {unknown}, which are not keys of methods")
-
-
-_check_geneval()
+GENEVAL_SPEC = geneval_settings(CONFIG)
+GENEVAL_ON = GENEVAL_SPEC is not None and GENEVAL_SPEC.enabled
 
 
 def geneval_methods():
-    return list(GENEVAL["methods"]) if GENEVAL["enabled"] else []
+    return list(GENEVAL_SPEC.methods) if GENEVAL_ON else []
 
 
 def geneval_layout_dirs():
@@ -28,25 +19,25 @@ def geneval_layout_dirs():
 
 def geneval_results_file(method):
     """Where the user puts GenEval's results.jsonl for a method (never written by the DAG)."""
-    return GENEVAL.get("results", RESULTS_PATTERN).format(method=method)
+    return (GENEVAL_SPEC.results or RESULTS_PATTERN).format(method=method)
 
 
 def geneval_table_files():
-    if not GENEVAL["enabled"]:
+    if not GENEVAL_ON:
         return []
     return [layout.table_file(layout.GENEVAL_TABLE, ext) for ext in ("csv", "md")]
 
 
 def geneval_layout_inputs(wildcards):
-    return {"shards": shard_dirs(wildcards.method, GENEVAL["prompt_set"]),
-            "metadata": GENEVAL["metadata"]["path"]}
+    return {"shards": shard_dirs(wildcards.method, GENEVAL_SPEC.prompt_set),
+            "metadata": GENEVAL_SPEC.metadata["path"]}
 
 
 def geneval_table_inputs(wildcards):
     """The layouts, and each results.jsonl: the detector's (tiny profile, a DAG output), or what the
     user has put in place (a file that appears later changes the input set, so Snakemake reruns
     Table 3 and imports it)."""
-    if GENEVAL.get("detector"):
+    if GENEVAL_SPEC.detector:
         return {"layouts": geneval_layout_dirs(),
                 "results": [layout.geneval_results_file(m) for m in geneval_methods()]}
     return {"layouts": geneval_layout_dirs(),
@@ -61,8 +52,8 @@ def geneval_table_prefix(wildcards, output):
 def geneval_fingerprint(wildcards):
     from spo.config import images_per_prompt
 
-    return stable_hash([GENEVAL, CONFIG["prompt_sets"][GENEVAL["prompt_set"]],
-                        images_per_prompt(CONFIG, GENEVAL["prompt_set"])])
+    return stable_hash([GENEVAL, CONFIG["prompt_sets"][GENEVAL_SPEC.prompt_set],
+                        images_per_prompt(CONFIG, GENEVAL_SPEC.prompt_set)])
 
 
 def geneval_table_fingerprint(wildcards):

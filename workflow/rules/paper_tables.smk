@@ -56,7 +56,7 @@ rule paper_tables:
                 PAPER_TABLE_PLANS[int(wildcards.table)].prompt_set,
                 CONFIG["tables"],
                 CONFIG["profile"],
-                {m: s.get("scorer", m) for m, s in CONFIG["metrics"].items()},
+                {m: metric_spec(CONFIG, m).scorer_of(m) for m in CONFIG["metrics"]},
             ]
         ),
         title=lambda wildcards: PAPER_TABLE_TITLES[int(wildcards.table)],

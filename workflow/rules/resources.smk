@@ -52,22 +52,22 @@ def _is_tiny(source):
 def _job_kind(rule_name, wildcards):
     """'gpu' when the job loads a real network, else 'cpu'."""
     if rule_name in ("generate", "train"):
-        method = CONFIG["methods"][wildcards.method]
-        sources = [CONFIG["models"][method["model"]]["source"]]
+        method = method_spec(CONFIG, wildcards.method)
+        sources = [model_spec(CONFIG, method.model).source]
         # A transferred LoRA (`lora: {path}` into another method's training output) is a DAG
         # output, not a checkpoint to size for: its training was sized by the models it read.
         transferred = transferred_lora_method(wildcards.method) is not None
-        sources += [method[key] for key in ("unet", "lora")
-                    if key in method and not (key == "lora" and transferred)]
+        sources += [getattr(method, key) for key in ("unet", "lora")
+                    if getattr(method, key) is not None and not (key == "lora" and transferred)]
         return "cpu" if all(_is_tiny(s) for s in sources) else "gpu"
     if rule_name in ("spm_latents", "train_spm"):
         model = wildcards.model if rule_name == "spm_latents" else _spm_run(wildcards.run)["model"]
-        return "cpu" if _is_tiny(CONFIG["models"][model]["source"]) else "gpu"
+        return "cpu" if _is_tiny(model_spec(CONFIG, model).source) else "gpu"
     if rule_name == "score":
         weights = [
             source
             for metric in metric_group(wildcards.scoring)
-            for source in (CONFIG["metrics"][metric].get("weights") or {}).values()
+            for source in metric_spec(CONFIG, metric).weights.values()
         ]
         return "gpu" if any(not _is_tiny(s) for s in weights) else "cpu"
     return "cpu"
@@ -80,7 +80,7 @@ def job_size(rule_name, wildcards):
             f"no cluster sizing for '{rule_name}': add it to JOB_SIZES in workflow/rules/resources.smk"
         )
     size = JOB_SIZES[rule_name][_job_kind(rule_name, wildcards)]._asdict()
-    size.update((CONFIG.get("resources") or {}).get(rule_name, {}))
+    size.update(resources_override(CONFIG, rule_name))
     _check_slurm_partitions_once()
     return size
 

@@ -18,7 +18,7 @@ def _used_spm_runs():
     """SPM runs an evaluated method trains with (the spm_accuracy figure asks for the others)."""
     runs = []
     for method in evaluated_methods(CONFIG):
-        if "train" not in CONFIG["methods"][method]:
+        if not method_spec(CONFIG, method).trained:
             continue
         pref = train_settings(CONFIG, method).preference
         if pref.get("name") in ("spm", "spm-no-step") and pref.get("run") in _spm()["runs"]:
@@ -71,8 +71,11 @@ def train_spm_latent_args(wildcards, input):
 
 
 def spm_latent_resolution(wildcards):
-    runs = [r for r in _spm()["runs"].values() if r["data"] == wildcards.dataset and r["model"] == wildcards.model]
-    res = runs[0].get("resolution") if runs else None
+    from spo.spm.settings import spm_run
+
+    runs = [spm_run(CONFIG, name) for name in _spm()["runs"]]
+    runs = [r for r in runs if r.data == wildcards.dataset and r.model == wildcards.model]
+    res = runs[0].resolution if runs else None
     return f"--resolution {res}" if res else ""
 
 
