@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from spo.config_spec import show
+from spo.spm.precision import run_precision_errors
 from spo.source_kind import is_tiny
 
 _ENUMS = (("warmup_shape", ("linear", "log")), ("weight_decay_on", ("all", "matrices")),
@@ -37,7 +38,7 @@ def run_spec_errors(run: str, spec: dict[str, Any]) -> list[str]:
     for key, allowed in _ENUMS:
         if spec.get(key, allowed[0]) not in allowed:
             bad(key, f"it must be one of {', '.join(repr(a) for a in allowed)}")
-    return out
+    return out + run_precision_errors(run, spec)  # the device check: spo.spm.precision.spm_precision
 
 
 def spm_block_errors(config: dict[str, Any]) -> list[str]:
