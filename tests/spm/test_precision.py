@@ -176,3 +176,26 @@ def test_bf16_spm_loss_is_finite_and_close_to_float32(spm_world, spm_config):
     assert abs(float(loss16 - loss32)) <= LOSS_TOL, (loss16, loss32)
     assert float(((s16 - s32).abs() / s32.abs()).max()) <= LOGIT_REL_TOL
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
+
+
+def test_fp16_loss_scale_is_checkpointed_and_restored(spm_world, spm_config, tmp_path, monkeypatch):
+    """fp16's GradScaler (a CPU one here: accelerate has none on the CPU) rides in the optimiser's
+    first param group, so a resumed run goes on with the scale it stopped at, not the initial one."""
+    from spo.training import loop
+
+    real, made = loop.accelerator_on, []
+
+    def accelerator_on(device, mixed_precision="no"):
+        accel = real(device, mixed_precision)
+        accel.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** (10 - 7 * len(made)), growth_interval=1)
+        made.append(accel)
+        return accel
+
+    monkeypatch.setattr(loop, "accelerator_on", accelerator_on)
+    spm_config["spm"]["runs"][RUN].update(checkpoint_every=1)
+    _train(spm_config, spm_world, tmp_path, stop_after=2)
+    state = torch.load(tmp_path / "ckpt/step-00000002/state.pt", weights_only=True)
+    saved = state["optimizer"]["param_groups"][0]["loss_scaler"]
+    assert saved["scale"] == made[0].scaler.get_scale() == 2.0 ** 12  # grown once a step
+    _train(spm_config, spm_world, tmp_path, stop_after=1)
+    assert made[1].scaler.get_scale() == 2.0 ** 13  # restored (not 2^3), then grown once
