@@ -56,19 +56,34 @@ def score_manifest(scorer, manifest: pd.DataFrame, batch_size: int, metric: str)
     return out[SCORE_COLUMNS]
 
 
+def check_scorer_dtypes(config: dict[str, Any], metrics: Sequence[str], device) -> None:
+    """Each metric's ``metrics.<m>.dtype`` (default float32) must be one the device can store
+    weights in (``spo.training.precision.check_dtype``: a CPU float32 / bfloat16, a GPU float32 /
+    float16 / bfloat16 where supported); a ``ConfigError`` naming the key and those dtypes
+    otherwise. A scorer runs in that dtype as its reference code does (weights and inputs cast,
+    no autocast; heads that the references keep float stay float32: METRICS.md §3)."""
+    from spo.training.precision import check_dtype
+
+    for metric in metrics:
+        check_dtype(config["metrics"][metric].get("dtype", "float32"), device, key=f"metrics.{metric}.dtype")
+
+
 def score_shards(config: dict[str, Any], metrics: str | Sequence[str], shard_dirs: Sequence[str | Path],
                  out_file: str | Path, *, models_root: str | Path, device: str | None = None) -> pd.DataFrame:
     """Score the images of ``shard_dirs`` with each of ``metrics`` and write one ``out_file``.
 
     Each scorer is built once (weights loaded once) and freed before the next one is built.
+    Every metric's ``dtype`` is checked against the device before the first one loads
+    (``check_scorer_dtypes``).
     """
     from spo.config_blocks import metric_spec
     from spo.devices import process_device
     from spo.metrics import build_scorer, resolve_weights
 
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    manifest = pd.concat([read_manifest(d) for d in shard_dirs], ignore_index=True)
     device = device or process_device()
+    check_scorer_dtypes(config, metrics, device)
+    manifest = pd.concat([read_manifest(d) for d in shard_dirs], ignore_index=True)
     frames, records = [], {}
     for metric in metrics:
         typed = metric_spec(config, metric)

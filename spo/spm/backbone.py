@@ -47,9 +47,12 @@ class DiffusionBackbone:
         pipe: a loaded ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``.
         family: ``sd15`` or ``sdxl``.
         guidance_scale: CFG scale of the x̂0 prediction (official: 5.0).
+        autocast: the context of every forward pass (``Precision.autocast`` of the weights' dtype,
+            ``spo.spm.precision``); none: no autocast.
     """
 
-    def __init__(self, pipe, family: str, guidance_scale: float = 5.0, device: str = "cpu"):
+    def __init__(self, pipe, family: str, guidance_scale: float = 5.0, device: str = "cpu",
+                 autocast=None):
         from spo.models.backbone import Backbone
 
         self.pipe, self.family, self.scale, self.device = pipe, family, float(guidance_scale), device
@@ -57,7 +60,7 @@ class DiffusionBackbone:
             module = getattr(pipe, part, None)
             if module is not None:
                 module.requires_grad_(False).eval()
-        self.backbone = Backbone(pipe)
+        self.backbone = Backbone(pipe, autocast=autocast)
         self.alphas_cumprod = pipe.scheduler.alphas_cumprod.to(device)
         self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
@@ -112,17 +115,30 @@ class DiffusionBackbone:
         """Images (N, 3, H, W) in [0, 1] -> scaled latents: the posterior mean (the cache is
         reused), or with ``noise`` (N, C, h, w) the posterior sample mean + std * noise."""
         vae = self.pipe.vae
-        dist = vae.encode((images * 2 - 1).to(self.device, vae.dtype)).latent_dist
-        if noise is None:
-            return dist.mean * self.vae_scale
-        return (dist.mean + dist.std * noise.to(dist.mean.device, dist.mean.dtype)) * self.vae_scale
+        with self.backbone._vae_autocast():  # float32 latents out (``.float()``: none on float32)
+            dist = vae.encode((images * 2 - 1).to(self.device, vae.dtype)).latent_dist
+            if noise is None:
+                return (dist.mean * self.vae_scale).float()
+            return ((dist.mean + dist.std * noise.to(dist.mean.device, dist.mean.dtype))
+                    * self.vae_scale).float()
 
 
 def load_backbone(config: dict[str, Any], model: str, *, models_root, device: str = "cpu",
-                  dtype: str = "float32", guidance_scale: float = 5.0) -> DiffusionBackbone:
-    """The base pipeline of ``models.<model>`` (hub, local or DAG-built tiny) as a backbone."""
+                  dtype: str = "float32", guidance_scale: float = 5.0,
+                  precision=None) -> DiffusionBackbone:
+    """The base pipeline of ``models.<model>`` (hub, local or DAG-built tiny) as a backbone.
+
+    ``precision`` (a checked ``spo.training.precision.Precision``): loaded float32, the frozen
+    parts then cast to its dtype (``cast_frozen``: an SDXL VAE marked ``force_upcast`` stays
+    float32 under fp16) and every forward pass under its autocast; else stored in ``dtype``."""
     from spo.config_blocks import model_spec
     from spo.models.pipelines import load_model_pipeline
 
     pipe = load_model_pipeline(config, model, models_root=models_root, dtype=dtype, device=device)
-    return DiffusionBackbone(pipe, model_spec(config, model).family, guidance_scale, device)
+    autocast = None
+    if precision is not None:
+        from spo.training.precision import cast_frozen
+
+        cast_frozen(pipe, precision)
+        autocast = precision.autocast
+    return DiffusionBackbone(pipe, model_spec(config, model).family, guidance_scale, device, autocast)

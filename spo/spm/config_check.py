@@ -11,12 +11,14 @@ from typing import Any
 
 from spo.config_spec import ConfigError, parse, problems
 from spo.spm.settings import SPMDatasetSpec, SPMRunSettings
+from spo.spm.precision import run_precision_errors
 
 
 def run_spec_errors(run: str, spec: dict[str, Any]) -> list[str]:
     """``spm.runs.<run>`` against ``spo.spm.settings.SPMRunSettings``, one message per problem
     (empty: fine)."""
-    return problems(SPMRunSettings, spec, f"spm.runs.{run}")
+    # + mixed_precision vs its older name dtype (the device check: spo.spm.precision.spm_precision)
+    return problems(SPMRunSettings, spec, f"spm.runs.{run}") + run_precision_errors(run, spec)
 
 
 def _dataset_errors(name: str, spec: Any) -> list[str]:

@@ -40,8 +40,13 @@ class SPMRunSettings:
     vae_latents: str = choice("mean", ("mean", "sample"))
     betas: list = items(Spec("number"), (0.9, 0.999), min_items=2, max_items=2)
     grad_clip: float | None = number(None, ge=0, why="max gradient norm; 0 or absent: none")
-    dtype: str = choice("float32", DTYPES, why="mixed precision of the SPM")
-    backbone_dtype: str = choice("float32", DTYPES, why="the frozen UNet / VAE / text encoders")
+    mixed_precision: str | None = choice(None, ("no", "fp16", "bf16"), nullable=True,
+                                         why='the precision policy (spo.spm.precision); absent: '
+                                             'what dtype names, else "no"')
+    dtype: str | None = choice(None, DTYPES, nullable=True,
+                               why="older name of mixed_precision, by dtype")
+    backbone_dtype: str | None = choice(None, DTYPES, nullable=True,
+                                        why="the frozen UNet / VAE / text encoders; absent: the policy's")
     guidance_scale: float = number(5.0, ge=0, why="CFG of the x̂0 prediction")
     resolution: int | None = integer(None, ge=8, nullable=True, why="null: as stored")
     pickscore_labels: dict | None = block(PickscoreLabels)

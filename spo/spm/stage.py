@@ -65,6 +65,7 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     from spo.io import atomic_path, write_json_atomic, provenance
     from spo.preference.spm_io import from_pickscore, save_spm
     from spo.spm.backbone import load_backbone
+    from spo.spm.precision import spm_precision
     from spo.spm.stream import PairStream
     from spo.spm.settings import spm_dataset
     from spo.spm.train import (VAL_COLUMNS, add_pseudo_labels, check_run_spec, run_settings,
@@ -75,13 +76,15 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     check_run_spec(run, spec)
     settings = run_settings(run, spec)
     device = device or process_device()  # cuda:<LOCAL_RANK> under a multi-GPU launch
+    # The precision policy must run on this device: checked before any model loads.
+    policy, frozen = spm_precision(run, spec, device)
     began = time.perf_counter()
     torch.manual_seed(settings.seed)  # the timestep embedder's init draws from the global generator
     model_dir, processor_dir = resolve_pickscore(config, models_root)
     scorer = from_pickscore(model_dir, processor_dir, time_condition=settings.time_condition,
                             device=device)
     backbone = load_backbone(config, settings.model, models_root=models_root, device=device,
-                             dtype=settings.backbone_dtype, guidance_scale=settings.guidance_scale)
+                             precision=frozen, guidance_scale=settings.guidance_scale)
     # Streamed per batch (spo.spm.stream): nothing here holds the pairs, images or latents.
     streams = {name: PairStream(paths, cache, encoder=backbone.encode, resolution=settings.resolution)
                for name, paths, cache in (("train", pairs, latents), ("validation", val_pairs, val_latents))}
@@ -101,10 +104,11 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     thr = settings.pickscore_threshold()
     if thr is not None:
         for part in streams.values():
-            add_pseudo_labels(scorer, part, thr)
+            add_pseudo_labels(scorer, part, thr, autocast=policy.autocast)
     # Under `accelerate launch` every process trains; only the first validates and writes.
     main = os.environ.get("RANK", "0") == "0"
-    val_kw = dict(seed=settings.seed, batch=settings.val_batch_size, ceiling=ceiling)
+    val_kw = dict(seed=settings.seed, batch=settings.val_batch_size, ceiling=ceiling,
+                  autocast=policy.autocast)
     rows = [{"stage": "init", "step": 0, **r} for r in
             validate(scorer, backbone, streams["validation"], settings.val_timesteps, **val_kw)] if main else []
     if main:
@@ -119,7 +123,8 @@ def train_spm(config: dict[str, Any], run: str, *, pairs, val_pairs, out_dir, va
     table = pd.DataFrame([{"run": run, **r} for r in rows], columns=VAL_COLUMNS)
     save_spm(scorer, out_dir)
     write_json_atomic(Path(out_dir) / "provenance.json", provenance("train-spm", {
-        "run": run, "spec": spec, "train_pairs": len(streams["train"]),
+        "run": run, "spec": spec, "mixed_precision": policy.mode, "backbone_dtype": frozen.dtype_name,
+        "train_pairs": len(streams["train"]),
         "validation_pairs": len(streams["validation"]), "resumed_from": result["resumed_from"],
         "train_seconds": result["seconds"], "total_seconds": time.perf_counter() - began}))
     with atomic_path(validation_csv) as tmp:

@@ -15,6 +15,7 @@ itself, for pairs labelled by colourfulness). Checkpoints live in ``<ckpt_dir>/s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -84,22 +85,25 @@ def noisy_x0_images(backbone, latents: torch.Tensor, prompts: list[str], t: torc
 
 
 def score_pairs(scorer, images: torch.Tensor, prompts: list[str], t: torch.Tensor,
-                resize: str | None = None):
+                resize: str | None = None, autocast=None):
     """SPM logits of image 0s and image 1s: images (2B, ...) as ``noisy_x0_images`` orders them
-    (``resize``: ``SPMScorer.pixels``; the scorer's own by default)."""
+    (``resize``: ``SPMScorer.pixels``; the scorer's own by default). ``autocast``: the context
+    the forward pass runs in (the run's precision policy; none: as called)."""
     model = scorer.model
-    tok = scorer.tokens(prompts)
-    txt = model.text_features(tok["input_ids"], tok["attention_mask"])
-    tt = torch.cat([t, t]).to(scorer.device) if model.time_condition else None
-    img = model.image_features(scorer.pixels(images, resize), tt)
-    s = model.scores_from_features(img, torch.cat([txt, txt]))
+    with (autocast or contextlib.nullcontext)():
+        tok = scorer.tokens(prompts)
+        txt = model.text_features(tok["input_ids"], tok["attention_mask"])
+        tt = torch.cat([t, t]).to(scorer.device) if model.time_condition else None
+        img = model.image_features(scorer.pixels(images, resize), tt)
+        s = model.scores_from_features(img, torch.cat([txt, txt]))
     return s.chunk(2)
 
 
 @torch.no_grad()
 def validate(scorer, backbone, pairs, timesteps, *, seed: int, batch: int,
-             ceiling: bool) -> list[dict[str, Any]]:
-    """Accuracy at each t (t = 0: the clean images, as the official validation), with fixed noise.
+             ceiling: bool, autocast=None) -> list[dict[str, Any]]:
+    """Accuracy at each t (t = 0: the clean images, as the official validation), with fixed noise;
+    the SPM under ``autocast`` (the run's policy; the backbone runs under its own).
 
     ``pairs`` (a ``stream.PairStream``) is read in consecutive blocks of ``batch``: memory holds
     one block and the (N,) scores, whatever the number of pairs.
@@ -122,7 +126,7 @@ def validate(scorer, backbone, pairs, timesteps, *, seed: int, batch: int,
                 latents = pairs.latents(idx)
                 noise = torch.randn(latents[:, 0].shape, generator=gen)
                 images = noisy_x0_images(backbone, latents, meta["prompts"], t, noise)
-            s0, s1 = score_pairs(scorer, images, meta["prompts"], t)
+            s0, s1 = score_pairs(scorer, images, meta["prompts"], t, autocast=autocast)
             s0s.append(s0.float().cpu()); s1s.append(s1.float().cpu()); labels.append(meta["label"])
             if ceiling:
                 c = colorfulness_torch(images).chunk(2)
@@ -196,14 +200,15 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
         {"step": steps done, "resumed_from": step or None, "seconds": wall time of this call,
          "main": whether this is the main process, "batches": [[pair_id, ...], ...] if recorded}.
     """
+    from spo.spm.precision import run_mixed_precision
     from spo.spm.stream import BatchOrder
-    from spo.training.loop import accelerator_on
+    from spo.training.loop import accelerator_on, restore_loss_scale
 
     check_run_spec(run, spec)
     settings = run_settings(run, spec)  # the typed block (spo.spm.settings), its defaults filled in
-    precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[settings.dtype]
     model = scorer.model
-    accel = accelerator_on(next(model.parameters()).device, precision)  # where the scorer was loaded
+    # where the scorer was loaded; the policy's autocast and (fp16) loss scale (spo.spm.precision)
+    accel = accelerator_on(next(model.parameters()).device, run_mixed_precision(spec))
     rank, world = accel.process_index, accel.num_processes
     params = list(model.parameters())  # model order: the clipping norm's sum as before, bitwise
     opt = torch.optim.AdamW(optimizer_groups(model, settings.weight_decay, settings.weight_decay_on),
@@ -224,6 +229,7 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
             dist.broadcast(p.data, src=0)
     model.train()
     opt = accel.prepare(opt)  # the optimiser only: mixed-precision scaling; see the docstring
+    restore_loss_scale(accel, opt)  # fp16: a resumed run goes on with its checkpointed loss scale
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers()  # SLURM's SIGUSR1 / SIGTERM: checkpoint at the next step
     began = time.perf_counter()
@@ -277,6 +283,8 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
         if settings.grad_clip:
             accel.clip_grad_norm_(params, settings.grad_clip)
         opt.step()
+        if accel.scaler is not None:  # fp16: the loss scale is checkpointed with the optimiser
+            opt.param_groups[0]["loss_scaler"] = accel.scaler.state_dict()
         if record_batches:
             batches.append([meta["pair_id"][i] for i in mine.tolist()])
         step += 1
@@ -300,7 +308,7 @@ def train_loop(scorer, backbone, train, spec: dict[str, Any], ckpt_dir: Path, *,
     return {**out, "batches": batches} if record_batches else out
 
 
-def add_pseudo_labels(scorer, pairs, threshold: float, batch: int = 32) -> None:
+def add_pseudo_labels(scorer, pairs, threshold: float, batch: int = 32, autocast=None) -> None:
     """Relabel ``pairs`` (a PairStream) with frozen PickScore on the clean images (the SDXL
     recipe): one streaming pass; keeps (N,) labels, 4 bytes a pair. The images reach PickScore
     through its CLIP processor, as the official ``update_as_pickscore_label`` passes them
@@ -310,6 +318,6 @@ def add_pseudo_labels(scorer, pairs, threshold: float, batch: int = 32) -> None:
         for idx in pairs.chunks(batch):
             prompts = pairs.meta(idx)["prompts"]
             s0, s1 = score_pairs(scorer, pairs.images(idx), prompts, torch.zeros(len(idx), dtype=torch.long),
-                                 resize="processor")
+                                 resize="processor", autocast=autocast)
             s0s.append(s0.float().cpu()); s1s.append(s1.float().cpu())
     pairs.pseudo = pseudo_labels(torch.cat(s0s), torch.cat(s1s), threshold)

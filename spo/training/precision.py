@@ -26,6 +26,7 @@ import torch
 from spo.config_spec import ConfigError, bad
 
 DTYPE_NAMES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPE_MODES = {name: mode for mode, name in DTYPE_NAMES.items()}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -75,6 +76,29 @@ def check_precision(value: str, device: str | torch.device,
                                           f"{', '.join(repr(v) for v in allowed)}"
                                           f"{f' ({why})' if why else ''}; set one of them"))
     return Precision(value, device_type)
+
+
+def supported_dtypes(device: str | torch.device) -> tuple[str, ...]:
+    """The dtype names weights may be stored in on ``device``: those of its ``mixed_precision``
+    values (a CPU: float32, bfloat16; a GPU: float32, float16 and, where supported, bfloat16)."""
+    device_type = torch.device(device).type
+    bf16 = device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return tuple(DTYPE_NAMES[v] for v in supported_values(device_type, bf16))
+
+
+def check_dtype(value: str, device: str | torch.device, key: str) -> Precision:
+    """A weight dtype name (``float32`` | ``float16`` | ``bfloat16``: a scorer's ``metrics.<m>.dtype``,
+    ``spm.runs.<run>.backbone_dtype``) on ``device``, as the policy of that dtype; a ``ConfigError``
+    naming ``key``, the value and the dtypes the device supports otherwise. Call it before loading."""
+    allowed = supported_dtypes(device)
+    if value not in allowed:
+        device_type = torch.device(device).type
+        why = {("cpu", "float16"): "float16 needs a CUDA GPU",
+               ("cuda", "bfloat16"): "this GPU has no bf16 support"}.get((device_type, value), "")
+        raise ConfigError(bad(key, value, f"the device '{device}' supports "
+                                          f"{', '.join(repr(v) for v in allowed)}"
+                                          f"{f' ({why})' if why else ''}; set one of them"))
+    return Precision(DTYPE_MODES[value], torch.device(device).type)
 
 
 def cast_frozen(pipe, precision: Precision, *, keep_unet: bool = False) -> None:
