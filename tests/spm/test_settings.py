@@ -48,7 +48,11 @@ def test_the_typed_run_holds_the_trainers_former_defaults(tiny_config):
     raw = tiny_config["spm"]["runs"]["tiny-sd15-spm"]
     run = spm_run(tiny_config, "tiny-sd15-spm")
     assert {k: getattr(run, k) for k in raw} == raw
-    defaults = {"dtype": "float32", "backbone_dtype": "float32", "guidance_scale": 5.0,
+    # the precision keys default to absent: spo.spm.precision resolves them to the policy "no"
+    from spo.spm.precision import run_mixed_precision
+
+    assert run_mixed_precision(raw) == "no"
+    defaults = {"mixed_precision": None, "dtype": None, "backbone_dtype": None, "guidance_scale": 5.0,
                 "weight_decay_on": "matrices", "vae_latents": "mean", "betas": [0.9, 0.999],
                 "warmup_shape": "linear", "val_batch_size": 64, "resolution": None}
     assert {k: getattr(run, k) for k in defaults if k not in raw} == \
