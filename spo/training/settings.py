@@ -89,7 +89,7 @@ class TrainSettings:
     max_rounds: int | None = integer(None, ge=1, nullable=True, why="stop early; null: every round of the epochs")
     mixed_precision: str = choice("no", ("no", "fp16", "bf16"))
     gradient_checkpointing: bool = flag(False)
-    # Round speed keys (spo.training.round_speed): each changes the last bits, so off by default
+    # SPO / MSPO round speed keys (spo.training.round_speed): each changes the last bits, so off by default
     sampling_merge_lora: bool = flag(False, why="sample with each LoRA layer folded into a copy of its weight")
     channels_last: bool = flag(False, why="UNet and VAE in the channels-last memory format")
     compile_unet: bool = flag(False, why="torch.compile the UNet (compile time is paid in round 0)")
