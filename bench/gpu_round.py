@@ -8,11 +8,14 @@ structure in its precision policy (frozen weights in fp16, LoRA in fp32, referen
 Per architecture: the update (``bench.gpu_sd15.bench_update``: official vs ours, same pairs, first
 losses, peak CUDA memory), the round (``bench.gpu_sd15.bench_round``: the official sampler and
 trainer vs ``spo.training.spo_trainer.run_round``), generation against the stock diffusers pipeline
-(``bench.gpu_sd15.bench_generation``) and, for SD-1.5, ``train.compile_unet`` on and off (first
-round with the compile, then a steady round) and ``train.sampling_merge_lora`` on. Both sides use
+(``bench.gpu_sd15.bench_generation``) and, last, for SD-1.5, ``train.sampling_merge_lora`` and
+``train.compile_unet`` on against the defaults (first round, with the compile, then a steady
+round). Both sides use
 the same weights dtype (``--dtype``, default fp16: the official policy). SDXL: gradient
 checkpointing on both sides (the official SDXL trainer forces it), window tiling "split" on ours so
-that both samplers branch at the same 16 steps. Each section is skipped past the time budget.
+that both samplers branch at the same 16 steps, VAE in fp32 on both sides (diffusers'
+``force_upcast``). Each section is skipped past the time budget; if random fp16 weights give
+non-finite values, the section's error is recorded (rerun with ``--dtype bf16``).
 Results: ``bench/results/gpu_round.json`` and a Markdown table on stdout.
 """
 
@@ -107,22 +110,22 @@ def build(arch: str, device: str, dtype: torch.dtype, tiny: bool):
     return pipe.to(device, dtype)
 
 
-def bench_keys(pipe, args, device) -> dict[str, Any]:
-    """Ours' round with ``train.compile_unet`` / ``train.sampling_merge_lora`` against the
-    defaults, each on its own copy of the pipeline: first round (compile included) and one
-    steady round each."""
+def bench_keys(pipe, args, device, out: dict[str, Any], save) -> dict[str, Any]:
+    """Ours' round with each key of ``--keys`` against the defaults, each on its own copy of the
+    pipeline: first round (a compile included) and one steady round each. Fills ``out`` and
+    calls ``save`` after each variant (a compile killed by the time limit keeps the others)."""
     from bench.spo_setup import Ours, perturb_lora
     from spo.preference import build_preference
 
     prompts = (gpu_sd15.PROMPTS * 8)[:args.round_prompts]
     pref = build_preference({"name": "colorfulness"})
-    out: dict[str, Any] = {}
-    variants = [("default", {})] + [(key, {key: True}) for key in args.keys.split(",") if key]
-    for name, extra in variants:
-        if out and args.budget.left() < args.reserve_s:
+    keys = sorted((k for k in args.keys.split(",") if k), key=lambda k: k == "compile_unet")  # compile last
+    for name in ["default"] + keys:
+        need = 180 if name == "compile_unet" and not args.smoke else 30
+        if out and args.budget.left() < need:
             out[name] = "skipped (budget)"
             continue
-        args.extra_settings = {**args.base_settings, **extra}
+        args.extra_settings = {**args.base_settings, **({} if name == "default" else {name: True})}
         side = Ours(copy.deepcopy(pipe), gpu_sd15._settings(args), args.resolution)
         perturb_lora(side.pipe.unet, 1e-3)
         gpu_sd15.fp32_lora(side.pipe.unet)
@@ -136,43 +139,52 @@ def bench_keys(pipe, args, device) -> dict[str, Any]:
         out[name] = {"first_round_s": times[0], "steady_round_s": times[1]}
         del side
         gpu_sd15._mem_reset(device)
-    args.extra_settings = dict(args.base_settings)
-    base = out.get("default")
-    for name in ("compile_unet", "sampling_merge_lora"):
-        if isinstance(out.get(name), dict) and isinstance(base, dict):
+        base = out.get("default")
+        if name != "default" and isinstance(base, dict):
             v = out[name]
             v["steady_speedup"] = base["steady_round_s"] / v["steady_round_s"]
             saved = base["steady_round_s"] - v["steady_round_s"]
             v["extra_first_round_s"] = v["first_round_s"] - base["first_round_s"]
             v["rounds_to_pay_back"] = v["extra_first_round_s"] / saved if saved > 0 else None
+        save()
+    args.extra_settings = dict(args.base_settings)
     return out
+
+
+def _arch_args(arch: str, args) -> None:
+    args.resolution = args.smoke_resolution if args.smoke else (1024 if arch == "sdxl" else 512)
+    args.pairs = args.sdxl_pairs if arch == "sdxl" else args.sd15_pairs
+    args.round_prompts = args.sdxl_prompts if arch == "sdxl" else args.sd15_prompts
+    args.gen_images = args.sdxl_gen_images if arch == "sdxl" else args.sd15_gen_images
+    args.base_settings = {"window_tiling": "split"} if arch == "sdxl" else {}
+    args.extra_settings = dict(args.base_settings)
+    args.library_policy = False  # ours and official both in --dtype weights, LoRA fp32
+
+
+def _build(arch: str, args):
+    pipe = build(arch, args.device, gpu_sd15.DTYPES[args.dtype], args.smoke)
+    if arch == "sdxl":
+        pipe.unet.enable_gradient_checkpointing()  # the official SDXL trainer forces it
+        pipe.vae.to(torch.float32)  # diffusers' force_upcast for the SDXL VAE, both sides
+    return pipe
 
 
 def run_arch(arch: str, args, res: dict[str, Any]) -> None:
     device, dtype = args.device, gpu_sd15.DTYPES[args.dtype]
     big = arch == "sdxl" and not args.smoke
-    args.resolution = args.smoke_resolution if args.smoke else (1024 if arch == "sdxl" else 512)
-    args.pairs = args.sdxl_pairs if arch == "sdxl" else args.sd15_pairs
-    args.round_prompts = args.sdxl_prompts if arch == "sdxl" else args.sd15_prompts
-    args.base_settings = {"window_tiling": "split"} if arch == "sdxl" else {}
-    args.extra_settings = dict(args.base_settings)
-    args.library_policy = False  # ours and official both in --dtype weights, LoRA fp32
+    _arch_args(arch, args)
     entry: dict[str, Any] = {"resolution": args.resolution, "pairs_per_update": args.pairs,
                              "prompts_per_round": args.round_prompts}
     res[arch] = entry
     tic = time.perf_counter()
-    pipe = build(arch, device, dtype, args.smoke)
-    if arch == "sdxl":
-        pipe.unet.enable_gradient_checkpointing()
+    pipe = _build(arch, args)
     entry["build_s"] = time.perf_counter() - tic
     entry["params"] = {k: sum(p.numel() for p in getattr(pipe, k).parameters())
                        for k in ("unet", "vae", "text_encoder", "text_encoder_2") if getattr(pipe, k, None) is not None}
     print(f"[gpu_round] {arch}: built in {entry['build_s']:.0f} s: {entry['params']}", flush=True)
-    sections = [s for s in ("update", "round", "generation", "keys") if s in args.only]
-    if arch == "sdxl":
-        sections = [s for s in sections if s != "keys"]  # compile of the SDXL UNet: past the budget
+    sections = [s for s in ("update", "round", "generation") if s in args.only]
     for name in sections:
-        need = {"update": 40, "round": 60, "generation": 40, "keys": 90}[name] * (2 if big else 1)
+        need = {"update": 40, "round": 60, "generation": 40}[name] * (2 if big else 1)
         if args.budget.left() < need:
             res["skipped"].append(f"{arch} {name} (budget)")
             continue
@@ -182,10 +194,8 @@ def run_arch(arch: str, args, res: dict[str, Any]) -> None:
                 entry["update"] = gpu_sd15.bench_update(pipe, args, device, dtype, args.budget)
             elif name == "round":
                 entry["round"] = gpu_sd15.bench_round(pipe, args, device, args.budget)
-            elif name == "generation":
-                entry["generation"] = gpu_sd15.bench_generation(pipe, args, device, dtype, args.budget)
             else:
-                entry["keys"] = bench_keys(pipe, args, device)
+                entry["generation"] = gpu_sd15.bench_generation(pipe, args, device, dtype, args.budget)
         except Exception as exc:  # keep the other sections' figures
             res["errors"][f"{arch} {name}"] = f"{type(exc).__name__}: {exc}"
         print(f"[gpu_round] {arch} {name}: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -244,7 +254,8 @@ def main(argv=None) -> int:
                         "--smoke sampling_merge_lora: inductor compiles for minutes on a CPU)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--round-reps", type=int, default=1)
-    p.add_argument("--gen-images", type=int, default=8)
+    p.add_argument("--sd15-gen-images", type=int, default=8)
+    p.add_argument("--sdxl-gen-images", type=int, default=4)
     p.add_argument("--gen-batch", type=int, default=4)
     p.add_argument("--gen-reps", type=int, default=1)
     p.add_argument("--budget-s", type=float, default=440.0, help="skip sections past this")
@@ -269,8 +280,24 @@ def main(argv=None) -> int:
     res["architecture_params_match_released"] = counts == RELEASED
     print(f"[gpu_round] parameter counts (meta device): {counts}; released: {counts == RELEASED}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    for arch in archs:
         run_arch(arch, args, res)
+    # Last, so that a long compile cannot crowd out the other sections: the keys on SD-1.5
+    # (compiling the SDXL UNet alone would take much of the budget).
+    if "keys" in args.only and "sd15" in archs and args.budget.left() > 60:
+        _arch_args("sd15", args)
+        pipe = _build("sd15", args)
+        t0 = time.perf_counter()
+        try:
+            bench_keys(pipe, args, args.device, res["sd15"].setdefault("keys", {}),
+                       lambda: Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n"))
+        except Exception as exc:
+            res["errors"]["sd15 keys"] = f"{type(exc).__name__}: {exc}"
+        print(f"[gpu_round] sd15 keys: {time.perf_counter() - t0:.0f} s", flush=True)
+        del pipe
+    elif "keys" in args.only:
+        res["skipped"].append("sd15 keys (budget or sd15 not run)")
     res["elapsed_s"] = time.perf_counter() - args.budget.start
     Path(args.out).write_text(json.dumps(res, indent=2, default=str) + "\n")
     text = markdown(res)
