@@ -105,7 +105,15 @@ def update_memory(which: str, s, batch, off_batch, cond, lora_scale: float) -> d
             "optimizer_state_mib": mib(opt_state)}
 
 
-def bench_round(prompts_per_round: int, reps: int) -> dict[str, Any]:
+# Sides of the round comparison beside ``ours`` (the defaults): ours with one speed key on
+# (spo.training.round_speed; each changes the last bits, so each is off by default).
+KEY_SIDES = {"ours+sampling_merge_lora": {"sampling_merge_lora": True},
+             "ours+channels_last": {"channels_last": True}}
+
+
+def bench_round(prompts_per_round: int, reps: int, keys: bool = True) -> dict[str, Any]:
+    """Official structure vs ``run_round`` (the trainer's own round function), interleaved; with
+    ``keys``, also ``run_round`` with each speed key of ``KEY_SIDES`` on its own pipeline."""
     from spo.preference import build_preference
 
     s = settings(prompts_per_round=prompts_per_round)
@@ -115,23 +123,33 @@ def bench_round(prompts_per_round: int, reps: int) -> dict[str, Any]:
     copy_lora(pipe_ours.unet, pipe_off.unet)
     pref = build_preference(s.preference)
     prompts = _prompts(prompts_per_round)
+    sides = {}
+    for name, extra in (KEY_SIDES.items() if keys else ()):
+        pipe = tiny_pipe("sd15")
+        sides[name] = Ours(pipe, settings(prompts_per_round=prompts_per_round, **extra), RESOLUTION)
+        copy_lora(pipe_ours.unet, pipe.unet)
 
     def gen(r):
         return torch.Generator().manual_seed(1000 + r)
 
-    timed = interleaved({"official": lambda r: off.round(prompts, pref, gen(r)),
-                         "ours": lambda r: ours.round(prompts, pref, gen(r))}, reps=reps, warmup=1)
+    # ours: run_round's round r + 1 (its draws are seeded by the round; warm-up is round 0)
+    fns = {"official": lambda r: off.round(prompts, pref, gen(r)),
+           "ours": lambda r: ours.round(prompts, pref, r + 1)}
+    fns.update({name: (lambda r, side=side: side.round(prompts, pref, r + 1)) for name, side in sides.items()})
+    timed = interleaved(fns, reps=reps, warmup=1)
     pairs = timed["ours"]["values"][0]["pairs"]
     import statistics
 
+    names = [n for n in fns]
     phases = {side: {ph: statistics.median(v[ph] for v in timed[side]["values"]) for ph in ("sample_s", "train_s")}
-              for side in ("official", "ours")}
+              for side in names}
     # If only the training phase differed, the round speed-up would be (S + T_off) / (S + T_ours);
     # the update's speed-up caps it at 1 / ((1 - f) + f / update_speedup), f = official train share.
     f = phases["official"]["train_s"] / (phases["official"]["sample_s"] + phases["official"]["train_s"])
     mem = {name: round_memory(name, s, prompts) for name in ("official", "ours")}
     return {
-        "what": "full SPO round: sample k candidates per trained step, decode, score, then the updates",
+        "what": "full SPO round: sample k candidates per trained step, decode, score, then the updates; "
+                "ours = spo.training.spo_trainer.run_round",
         "model": "tiny SD-1.5, 32 px, float32; preference: colourfulness (analytic) on both sides",
         "prompts_per_round": prompts_per_round, "k": s.k, "num_inference_steps": s.num_inference_steps,
         "timestep_range": list(s.timestep_range), "train_batch_size": s.train_batch_size,
@@ -139,13 +157,47 @@ def bench_round(prompts_per_round: int, reps: int) -> dict[str, Any]:
         "pairs_per_round_official": timed["official"]["values"][0]["pairs"],
         "official_s": timed["official"]["median_s"], "ours_s": timed["ours"]["median_s"],
         "speedup": ratio(timed, "official", "ours"),
+        "keys": {name: {"round_s": timed[name]["median_s"], "speedup_vs_official": ratio(timed, "official", name),
+                        "speedup_vs_ours_default": ratio(timed, "ours", name),
+                        "sampling_speedup_vs_ours_default": phases["ours"]["sample_s"] / phases[name]["sample_s"]}
+                 for name in sides},
         "phases_median_s": phases, "official_train_share": f,
         "sampling_speedup": phases["official"]["sample_s"] / phases["ours"]["sample_s"],
         "training_speedup": phases["official"]["train_s"] / phases["ours"]["train_s"],
         "memory": mem,
         "memory_ratio_ours_over_official": mem["ours"]["peak_bytes"] / mem["official"]["peak_bytes"],
-        "times": {k: v["times"] for k, v in timed.items()},
+        "times": {k: v["times"] for k, v in timed.items() if k != "order"},
     }
+
+
+def bench_compile(prompts_per_round: int, rounds: int) -> dict[str, Any]:
+    """``train.compile_unet`` on and off, each on its own pipeline: the first round (compile time
+    included) and the median of the next ``rounds`` (alternating sides)."""
+    import statistics
+    import time
+
+    from spo.preference import build_preference
+
+    pref, prompts = build_preference({"name": "colorfulness"}), _prompts(prompts_per_round)
+    sides = {name: Ours(tiny_pipe("sd15"), settings(prompts_per_round=prompts_per_round, compile_unet=on),
+                        RESOLUTION) for name, on in (("eager", False), ("compiled", True))}
+    first, steady = {}, {n: [] for n in sides}
+    for name, side in sides.items():
+        tic = time.perf_counter()
+        side.round(prompts, pref, 0)
+        first[name] = time.perf_counter() - tic
+    for r in range(rounds):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            tic = time.perf_counter()
+            sides[name].round(prompts, pref, r + 1)
+            steady[name].append(time.perf_counter() - tic)
+    med = {n: statistics.median(v) for n, v in steady.items()}
+    saved = med["eager"] - med["compiled"]
+    return {"what": "train.compile_unet (torch.compile of the UNet, inductor, CPU)",
+            "first_round_s": first, "round_median_s": med, "rounds": steady,
+            "speedup": med["eager"] / med["compiled"],
+            "compile_overhead_s": first["compiled"] - first["eager"],
+            "rounds_to_pay_back": (first["compiled"] - first["eager"]) / saved if saved > 0 else None}
 
 
 def round_memory(which: str, s, prompts) -> dict[str, Any]:
@@ -156,8 +208,9 @@ def round_memory(which: str, s, prompts) -> dict[str, Any]:
     pref = build_preference(s.preference)
 
     def work():
-        t = (Ours if which == "ours" else Official)(pipe, s, RESOLUTION)
-        return t.round(prompts, pref, torch.Generator().manual_seed(7))
+        if which == "ours":
+            return Ours(pipe, s, RESOLUTION).round(prompts, pref, 7)
+        return Official(pipe, s, RESOLUTION).round(prompts, pref, torch.Generator().manual_seed(7))
 
     peak, _ = cpu_peak_bytes(work)
     return {"peak_bytes": resident + peak, "peak_mib": mib(resident + peak),
@@ -168,4 +221,6 @@ def run(quick: bool = True) -> dict[str, Any]:
     update_sizes = [64] if quick else [10, 64]
     out = {"update": [bench_update(b, reps=7 if quick else 15) for b in update_sizes]}
     out["round"] = bench_round(32, reps=3 if quick else 5)
+    if not quick:
+        out["compile"] = bench_compile(32, rounds=4)
     return out

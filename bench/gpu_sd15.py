@@ -168,7 +168,7 @@ def _settings(args):
     from bench.spo_setup import settings
 
     return settings(k=4, lora_rank=4, lora_init="gaussian", lr=6e-5, prompts_per_round=args.round_prompts,
-                    train_batch_size=args.pairs, threshold=0.0)
+                    train_batch_size=args.pairs, threshold=0.0, **getattr(args, "extra_settings", {}))
 
 
 def bench_update(pipe, args, device, dtype, budget) -> dict[str, Any]:
@@ -223,7 +223,8 @@ def bench_update(pipe, args, device, dtype, budget) -> dict[str, Any]:
     del ours, off
     _mem_reset(device)
     # The library as `spo train` sets it up today: fp32 weights, autocast around the loss only.
-    if lib_state is not None and device.startswith("cuda") and budget.left() > args.reserve_s:
+    if (lib_state is not None and device.startswith("cuda") and budget.left() > args.reserve_s
+            and getattr(args, "library_policy", True)):
         lib_pipe = copy.deepcopy(pipe).to(torch.float32)
         lib = Ours(lib_pipe, s, args.resolution)
         lib_pipe.unet.load_state_dict({k: v.float() for k, v in lib_state.items()})
@@ -255,7 +256,7 @@ def bench_round(pipe, args, device, budget) -> dict[str, Any]:
         return torch.Generator().manual_seed(100 + r)
 
     timed = interleaved({"official": lambda r: off.round(prompts, pref, gen(r)),
-                         "ours": lambda r: ours.round(prompts, pref, gen(r))},
+                         "ours": lambda r: ours.round(prompts, pref, r + 1)},  # run_round's round r + 1
                         reps=args.round_reps, warmup=1, device=device)
     res = {"prompts_per_round": args.round_prompts, "k": s.k, "train_batch_size": s.train_batch_size,
            "pairs_per_round": timed["ours"]["values"][0]["pairs"],
@@ -268,19 +269,21 @@ def bench_round(pipe, args, device, budget) -> dict[str, Any]:
 
 
 def bench_generation(pipe, args, device, dtype, budget) -> dict[str, Any]:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from spo.models.pipelines import load_method_pipeline
 
-    tmp = Path(tempfile.mkdtemp(prefix="sd15-random-"))
+    family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd15"
+    stock_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    tmp = Path(tempfile.mkdtemp(prefix=f"{family}-random-"))
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         dtype_name = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}[dtype]
-        config = {"models": {"sd15-random": {"family": "sd15", "source": {"path": str(tmp)}}},
-                  "methods": {"sd15-random-base": {"model": "sd15-random"}}}
-        ours = load_method_pipeline(config, "sd15-random-base", models_root=tmp, dtype=dtype_name, device=device)
-        stock = StableDiffusionPipeline.from_pretrained(str(tmp), torch_dtype=dtype, safety_checker=None,
-                                                        requires_safety_checker=False, local_files_only=True)
+        config = {"models": {"random": {"family": family, "source": {"path": str(tmp)}}},
+                  "methods": {"random-base": {"model": "random"}}}
+        ours = load_method_pipeline(config, "random-base", models_root=tmp, dtype=dtype_name, device=device)
+        extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+        stock = stock_class.from_pretrained(str(tmp), torch_dtype=dtype, local_files_only=True, **extra)
         stock.scheduler = DDIMScheduler.from_config(stock.scheduler.config)
         stock.set_progress_bar_config(disable=True)
         stock = stock.to(device)

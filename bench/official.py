@@ -121,8 +121,8 @@ class OfficialSPO:
         self.autocast_dtype = autocast_dtype
 
     def _cfg(self, model, latents, t, embeds, neg):
-        out = model(torch.cat([latents] * 2).to(model.dtype), torch.cat([t] * 2),
-                    torch.cat([neg, embeds]).to(model.dtype)).sample
+        out = unet_call(model, torch.cat([latents] * 2).to(model.dtype), torch.cat([t] * 2),
+                        torch.cat([neg, embeds]).to(model.dtype))
         u, c = out.chunk(2)
         return u + self.g * (c - u)
 
@@ -158,8 +158,38 @@ class OfficialSPO:
 
 
 # ---------------------------------------------------------------------------------------- sampler
+def unet_call(unet, latents, t, embeds):
+    """The UNet's noise prediction. SDXL: ``embeds`` carries the pooled text embedding as one extra
+    last row (zero-padded to the width; ``encode``), so that every per-pair copy, repeat and
+    concatenation of the official structure moves it along, as the official SDXL trainer's
+    per-sample ``pooled_prompt_embeds``; the time ids are the image's size, no crop."""
+    cfg = unet.config
+    if cfg.addition_embed_type != "text_time":
+        return unet(latents, t, encoder_hidden_states=embeds).sample
+    width = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    side = latents.shape[-1] * 8
+    time_ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=embeds.dtype,
+                            device=latents.device).repeat(len(latents), 1)
+    return unet(latents, t, encoder_hidden_states=embeds[:, :-1],
+                added_cond_kwargs={"text_embeds": embeds[:, -1, :width], "time_ids": time_ids}).sample
+
+
+def pack_pooled(hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """SDXL: (B, L, D) and (B, P) -> (B, L + 1, D), the pooled embedding as the last row."""
+    row = torch.nn.functional.pad(pooled, (0, hidden.shape[-1] - pooled.shape[-1]))
+    return torch.cat([hidden, row[:, None].to(hidden.dtype)], dim=1)
+
+
 def encode(pipe, prompts):
-    """Text embeddings the official way: tokenizer + text_encoder(ids)[0]; and the empty prompt's."""
+    """Text embeddings the official way: tokenizer + text_encoder(ids)[0]; and the empty prompt's.
+    SDXL: both encoders as the official SDXL script (penultimate states, concatenated; pooled of
+    the second), packed with ``pack_pooled``."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        with torch.no_grad():
+            cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
+                list(prompts), device=pipe.unet.device, num_images_per_prompt=1,
+                do_classifier_free_guidance=True)
+        return pack_pooled(cond, pooled), pack_pooled(uncond[:1], uncond_pooled[:1])
     tok = pipe.tokenizer
     dev = pipe.text_encoder.device
 
@@ -210,7 +240,7 @@ def multi_sample(pipe, prompt_embeds, neg_embed, *, preference, prompts, num_inf
 
     for i, t in enumerate(timesteps):
         tt = torch.full((latents.shape[0],), int(t), dtype=torch.long, device=dev)
-        out = unet(torch.cat([latents] * 2), torch.cat([tt] * 2), encoder_hidden_states=embeds).sample
+        out = unet_call(unet, torch.cat([latents] * 2), torch.cat([tt] * 2), embeds)
         u, c = out.chunk(2)
         eps = u + guidance_scale * (c - u)
         pred = fetch_x0(sched, eps, tt, latents, num_inference_steps)

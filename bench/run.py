@@ -62,6 +62,16 @@ def summary(results: dict[str, Any]) -> str:
         lines.append(f"| round: training phase ({r['pairs_per_round'] // r['train_batch_size']} updates) | "
                      f"{ph['official']['train_s']:.2f} s | {ph['ours']['train_s']:.2f} s | "
                      f"{r['training_speedup']:.2f}x | |")
+        for name, k in r.get("keys", {}).items():
+            lines.append(f"| round, {name} (off by default) | {r['official_s']:.2f} s | {k['round_s']:.2f} s | "
+                         f"{k['speedup_vs_official']['ratio_of_medians']:.2f}x (median of ratios "
+                         f"{k['speedup_vs_official']['median_of_ratios']:.2f}; vs ours default "
+                         f"{k['speedup_vs_ours_default']['median_of_ratios']:.2f}) | |")
+        c = spo.get("compile")
+        if c:
+            lines.append(f"| round, train.compile_unet (first round {c['first_round_s']['compiled']:.0f} s vs "
+                         f"{c['first_round_s']['eager']:.1f} s eager) | {c['round_median_s']['eager']:.2f} s (eager) | "
+                         f"{c['round_median_s']['compiled']:.2f} s | {c['speedup']:.2f}x steady | |")
         lines.append(f"| round: peak memory | {r['memory']['official']['peak_mib']:.1f} MiB | "
                      f"{r['memory']['ours']['peak_mib']:.1f} MiB | {r['memory_ratio_ours_over_official']:.2f} "
                      f"| <= {TARGETS['memory']}: {_ok(r['memory_ratio_ours_over_official'] <= TARGETS['memory'])} |")

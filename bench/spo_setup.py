@@ -1,25 +1,30 @@
 """Building both sides of the SPO comparisons from one tiny pipeline, in identical states.
 
 Ours is the library as ``spo.training.spo_trainer.train_spo`` runs it (``pair_loss`` with the
-LoRA-disabled reference and the shared-x_t pass, ``sample_pairs``); a round is the body of
-``train_spo``'s round loop on one process (sample, encode, shuffle, micro-batches of
-``train_batch_size``: loss, backward, clip, AdamW step). The official side is ``bench.official``.
+LoRA-disabled reference and the shared-x_t pass, ``sample_pairs``); a round is
+``spo.training.spo_trainer.run_round``, the function ``train_spo`` calls for each round, on one
+process (encode, sample, score, shuffle, micro-batches of ``train_batch_size``: loss, backward,
+clip, AdamW step, with the trainer's non-finite guards and preemption polls). The official side is
+``bench.official``.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.official import OfficialPairs, OfficialSPO, encode, multi_sample
+from bench.official import OfficialPairs, OfficialSPO, encode, multi_sample, pack_pooled
 from spo.models.backbone import Backbone
 from spo.sampling.ddim import DDIMSchedule
 from spo.sampling.stepwise import PairBatch, sample_pairs
 from spo.training.settings import TrainSettings
-from spo.training.spo_trainer import micro_batches, pair_loss, trainable_lora
+from spo.training.loop import Unit
+from spo.training.round_speed import apply_speed_keys
+from spo.training.spo_trainer import RoundContext, pair_loss, run_round, trainable_lora
 
 # The tiny profile's recipe (config/config.yaml, methods.tiny-sd15-spo.train), preference swapped
 # for the analytic colourfulness so that both sides score with the same cheap function.
@@ -74,7 +79,9 @@ class Ours:
         self.pipe, self.s = pipe, s
         self.backbone = Backbone(pipe, resolution)
         self.params, self.optimizer = trainable_lora(pipe.unet, s)
+        apply_speed_keys(self.backbone, s)  # as train_spo, after the LoRA (train.channels_last, ...)
         self.schedule = DDIMSchedule.from_scheduler(pipe.scheduler, s.num_inference_steps)
+        self.ctx, self.n_steps, self.log_lines = None, 0, []
 
     def step(self, batch: PairBatch, cond) -> float:
         out = pair_loss(self.backbone, self.schedule, batch, cond, self.s)
@@ -85,27 +92,27 @@ class Ours:
         self.optimizer.zero_grad(set_to_none=True)
         return out["loss"].item()
 
-    def round(self, prompts, preference, generator) -> dict[str, Any]:
-        """One round of ``train_spo`` on one process (world 1)."""
-        import time
+    def round(self, prompts, preference, index: int) -> dict[str, Any]:
+        """Round ``index`` of ``train_spo`` on one process: ``spo.training.spo_trainer.run_round``
+        itself (the prompts are one round's worth, so every round samples all of them)."""
+        if self.ctx is None or self.ctx.preference is not preference or self.ctx.prompts != list(prompts):
+            import tempfile
 
-        unet = self.pipe.unet
-        tic = time.perf_counter()
-        unet.eval()
-        pairs, stats = sample_pairs(self.backbone, self.pipe.scheduler, prompts, preference,
-                                    self.s.sampler(), generator)
-        cond = self.backbone.encode(prompts)
-        order = torch.randperm(len(pairs), generator=generator)
-        pairs = pairs.select(order)
-        _sync(unet)
-        mid = time.perf_counter()
-        unet.train()
-        losses = []
-        for batch in micro_batches(pairs, self.s.train_batch_size):
-            losses.append(self.step(batch, cond))
-        _sync(unet)
-        return {"pairs": len(pairs), "steps": len(losses), "loss": losses[-1],
-                "sample_s": mid - tic, "train_s": time.perf_counter() - mid}
+            from spo.training.loop import Guard, accelerator_on
+
+            scratch = Path(tempfile.mkdtemp(prefix="bench-round-"))
+            self.ctx = RoundContext(self.backbone, preference, self.s.for_world(1), list(prompts),
+                                    accelerator_on(self.backbone.device), self.params,
+                                    self.optimizer, Guard(scratch, "bench"), n_rounds=10 ** 6,
+                                    examples_dir=scratch / "examples")
+        unit = Unit(index, self.n_steps, self.log_lines, unet=self.pipe.unet,
+                    optimizer=self.optimizer, accelerator=self.ctx.accelerator,
+                    checkpoint_dir=self.ctx.guard.checkpoint_dir)
+        done = run_round(self.ctx, unit, self.n_steps, 0)
+        _sync(self.pipe.unet)
+        steps, self.n_steps = done.step - self.n_steps, done.step
+        return {"pairs": done.pairs, "steps": steps, "loss": self.log_lines[-1]["loss"],
+                "sample_s": done.sample_s, "train_s": done.train_s}
 
 
 class Official:
@@ -155,9 +162,11 @@ def to_official(batch: PairBatch, cond) -> OfficialPairs:
     """The same pairs in the official layout (per-pair prompt embeddings, shared x_t)."""
     if not bool(batch.shared.all()):
         raise ValueError("the official SD-1.5 trainer has no unshared (MSPO inner-step) pairs")
+    rows = batch.prompt_index.to(cond.cond.device)
+    embeds = cond.cond[rows] if cond.pooled is None else pack_pooled(cond.cond[rows], cond.pooled[rows])
     return OfficialPairs(timesteps=batch.t.clone(), latents=batch.xt_w.clone(),
                          next_win=batch.x_w.clone(), next_lose=batch.x_l.clone(),
-                         prompt_embeds=cond.cond[batch.prompt_index.to(cond.cond.device)].detach().clone())
+                         prompt_embeds=embeds.detach().clone())
 
 
 @dataclass

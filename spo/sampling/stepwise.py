@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from spo.models.backbone import Backbone
+from spo.models.backbone import Backbone, Conditioning
 from spo.preference.selection import probability_gap, select_pairs
 from spo.sampling.ddim import DDIMSchedule, ddim_transition, predict_x0, sample_transition
 # the settings live in a torch-free module: config validation at DAG start imports them
@@ -117,7 +117,8 @@ def window_schedule(trained: Sequence[bool], inner_steps: int, tiling: str) -> l
 def sample_pairs(backbone: Backbone, scheduler, prompts: Sequence[str], preference,
                  settings: SamplerSettings, generator: torch.Generator,
                  dump_examples: int = 0,
-                 should_stop: Callable[[], bool] | None = None) -> tuple[PairBatch, dict]:
+                 should_stop: Callable[[], bool] | None = None,
+                 cond: Conditioning | None = None) -> tuple[PairBatch, dict]:
     """Sample one trajectory per prompt and collect the accepted win / lose transitions.
 
     Args:
@@ -126,6 +127,8 @@ def sample_pairs(backbone: Backbone, scheduler, prompts: Sequence[str], preferen
             nothing else depends on it, and it draws no random numbers.
         should_stop: polled before every DDIM step; when it returns True, ``spo.checkpoint.Preempted``
             is raised (a trainer's preemption signal, acted on within a step).
+        cond: ``backbone.encode(prompts)`` when the caller has it already (a trainer's round
+            encodes its prompts once for sampling and loss); None encodes them here.
 
     Returns:
         the accepted pairs, and statistics: ``pairs_total``, ``pairs_accepted``,
@@ -145,7 +148,7 @@ def sample_pairs(backbone: Backbone, scheduler, prompts: Sequence[str], preferen
         raise ValueError(f"config key 'train.timestep_range' {list(settings.timestep_range)} holds "
                          f"no step of the {settings.num_inference_steps}-step DDIM grid {grid}; "
                          f"widen it so that it contains at least one of them")
-    cond = backbone.encode(prompts)
+    cond = backbone.encode(prompts) if cond is None else cond
     n, k, g, eta = len(prompts), settings.k, settings.guidance_scale, settings.eta
     device = backbone.device
     x = backbone.initial_latents(n, generator)

@@ -90,6 +90,10 @@ class TrainSettings:
     mixed_precision: str = choice("no", ("no", "fp16", "bf16"),
                                   why="the frozen weights' dtype and autocast; see spo.training.precision")
     gradient_checkpointing: bool = flag(False)
+    # SPO / MSPO round speed keys (spo.training.round_speed): each changes the last bits, so off by default
+    sampling_merge_lora: bool = flag(False, why="sample with each LoRA layer folded into a copy of its weight")
+    channels_last: bool = flag(False, why="UNet and VAE in the channels-last memory format")
+    compile_unet: bool = flag(False, why="torch.compile the UNet (compile time is paid in round 0)")
     checkpoint_every: int = integer(1, ge=1, why="rounds between resumable checkpoints")
     # Figure 5: x̂0 win / lose pairs of the first and last round
     dump_examples: int = integer(0, ge=0, why="x̂0 win / lose pairs dumped for Figure 5")

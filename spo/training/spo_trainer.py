@@ -20,6 +20,7 @@ import math
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,14 @@ from spo.training.lora import attach_lora, reference_mode
 from spo.training.loop import (MAX_EMPTY_ROUNDS, Guard, Unit, accelerator_on, backward_micro_batch,
                                check_trained, empty_round_error, end_of_unit, lr_fix, save_state,
                                write_outputs)
+from spo.training.round_speed import apply_speed_keys, merged_lora
 from spo.training.loop import (NonFiniteLossError, NonFiniteTrainingError,  # re-exported: the trainer's API
                                NoTrainingSignalError, average_gradients)
 
 __all__ = ["ALGORITHM_VERSION", "NonFiniteLossError", "NonFiniteTrainingError", "NoTrainingSignalError",
-           "average_gradients", "adamw", "micro_batches", "pair_loss", "redistribute",
-           "round_prompts", "total_rounds", "train_spo", "trainable_lora", "transition_logprobs",
-           "write_examples", "start_checkpoints"]
+           "RoundContext", "RoundResult", "average_gradients", "adamw", "micro_batches", "pair_loss",
+           "redistribute", "round_prompts", "run_round", "total_rounds", "train_spo", "trainable_lora",
+           "transition_logprobs", "write_examples", "start_checkpoints"]
 
 # The code version of the algorithm: raise it with any change that alters what a training computes
 # from the same inputs (the sampler, the pair rule, the loss): checkpoints of another version are
@@ -223,6 +225,7 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
     params, optimizer = trainable_lora(unet, settings)
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    apply_speed_keys(backbone, settings)
     world, rank = accelerator.num_processes, accelerator.process_index
     settings = settings.for_world(world)  # the global recipe -> this process's share (spo.training.batching)
     n_rounds = total_rounds(len(prompts), settings, world)
@@ -239,16 +242,15 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
         if line.get("loss") is not None or "loss" not in line:
             break
         empty += 1
-    schedule = DDIMSchedule.from_scheduler(backbone.pipe.scheduler, settings.num_inference_steps)
     examples_dir = Path(checkpoint_dir) / "examples"  # Figure 5 (train.dump_examples)
-    sampler = settings.sampler()  # the checked sampler keys, one object for every round
+    ctx = RoundContext(backbone, preference, settings, prompts, accelerator, params, optimizer,
+                       guard, n_rounds, examples_dir)
     for round_index in range(start_round, n_rounds):
         unit = Unit(round_index, step, log_lines, unet=unet, optimizer=optimizer,
                     accelerator=accelerator, checkpoint_dir=checkpoint_dir)
         try:
-            step, empty = _round(backbone, prompts, preference, settings, accelerator, unit, guard,
-                                 params, optimizer, schedule, examples_dir, n_rounds, step, empty,
-                                 log_lines, sampler)
+            done = run_round(ctx, unit, step, empty)
+            step, empty = done.step, done.empty
         except Preempted:
             unit.checkpoint_and_exit(f"round {round_index + 1}")
         # Accumulating across rounds: a checkpoint only where no gradient is pending (it holds none).
@@ -271,49 +273,97 @@ def train_spo(backbone: Backbone, pipeline_class, prompts: list[str], preference
             "final_loss": next((l["loss"] for l in reversed(log_lines) if l.get("loss") is not None), math.nan)}
 
 
-def _round(backbone, prompts, preference, settings, accelerator, unit: Unit, guard: Guard, params,
-           optimizer, schedule, examples_dir: Path, n_rounds: int, step: int, empty: int,
-           log_lines: list, sampler) -> tuple[int, int]:
-    """One SPO round: sample, gather, train; returns (optimizer steps, empty rounds in a row).
-    Raises ``Preempted`` (polled every DDIM step and micro-batch) on a signal."""
+@dataclass
+class RoundContext:
+    """What every round of a training shares, built once by ``train_spo`` (and by ``bench/``,
+    which times ``run_round`` itself): the model, the scorer, this process's settings
+    (``for_world`` applied) and their sampler keys, the optimisation state and the divergence
+    guard."""
+
+    backbone: Backbone
+    preference: Any
+    settings: TrainSettings
+    prompts: list[str]
+    accelerator: Any
+    params: list
+    optimizer: torch.optim.Optimizer
+    guard: Guard
+    n_rounds: int
+    examples_dir: Path
+    schedule: DDIMSchedule | None = None  # None: from the pipeline's scheduler
+    sampler: Any = None  # None: ``settings.sampler()``
+
+    def __post_init__(self):
+        if self.schedule is None:
+            self.schedule = DDIMSchedule.from_scheduler(self.backbone.pipe.scheduler,
+                                                        self.settings.num_inference_steps)
+        if self.sampler is None:
+            self.sampler = self.settings.sampler()  # the checked sampler keys, one object for every round
+
+
+@dataclass
+class RoundResult:
+    """``run_round``'s outcome: the optimizer step count after it, the rounds in a row without a
+    pair, the pairs this process trained on and the seconds of its two phases."""
+
+    step: int
+    empty: int
+    pairs: int
+    sample_s: float
+    train_s: float
+
+
+def run_round(ctx: RoundContext, unit: Unit, step: int, empty: int) -> RoundResult:
+    """One SPO round ``unit.index``: sample with the step-wise resampler, score, gather, train.
+
+    Appends the round's lines to ``unit.log_lines``. Raises ``Preempted`` (polled every DDIM step
+    and micro-batch) on a signal."""
+    backbone, settings, accelerator = ctx.backbone, ctx.settings, ctx.accelerator
+    prompts, log_lines = ctx.prompts, unit.log_lines
     unet = backbone.pipe.unet
     world, rank = accelerator.num_processes, accelerator.process_index
     round_index = unit.index
     tic = time.perf_counter()
-    batch_prompts = round_prompts(prompts, settings, round_index, world, rank)
-    unet.eval()
-    dump = settings.dump_examples if round_index in (0, n_rounds - 1) else 0
-    pairs, stats = sample_pairs(backbone, backbone.pipe.scheduler, batch_prompts, preference,
-                                sampler, _generator(settings.seed, "sample", round_index, rank),
-                                dump_examples=dump, should_stop=unit.requested)
-    if not math.isfinite(stats["score_mean"]):
-        raise guard.error(f"the preference scores of the sampled candidates are "
-                          f"{stats['score_mean']} (the policy's samples are not finite)",
-                          f"round {round_index}")
-    if stats.get("examples") and accelerator.is_main_process:
-        write_examples(examples_dir, {round_index: stats["examples"]})
     # Pairs move between processes, so they index the prompts of the whole round (all ranks'
-    # prompts are a deterministic function of the round) and every rank encodes all of them.
+    # prompts are a deterministic function of the round) and every rank encodes all of them,
+    # once: the sampler takes this rank's rows.
     all_prompts = [p for r in range(world)
                    for p in round_prompts(prompts, settings, round_index, world, r)]
     cond = backbone.encode(all_prompts)
+    batch_prompts = round_prompts(prompts, settings, round_index, world, rank)
+    first = rank * settings.prompts_per_round
+    unet.eval()
+    dump = settings.dump_examples if round_index in (0, ctx.n_rounds - 1) else 0
+    with merged_lora(unet, settings.sampling_merge_lora):
+        pairs, stats = sample_pairs(
+            backbone, backbone.pipe.scheduler, batch_prompts, ctx.preference, ctx.sampler,
+            _generator(settings.seed, "sample", round_index, rank), dump_examples=dump,
+            should_stop=unit.requested,
+            cond=cond if world == 1 else cond.take(torch.arange(first, first + len(batch_prompts))))
+    if not math.isfinite(stats["score_mean"]):
+        raise ctx.guard.error(f"the preference scores of the sampled candidates are "
+                              f"{stats['score_mean']} (the policy's samples are not finite)",
+                              f"round {round_index}")
+    if stats.get("examples") and accelerator.is_main_process:
+        write_examples(ctx.examples_dir, {round_index: stats["examples"]})
     if pairs is not None:
-        pairs.prompt_index += rank * settings.prompts_per_round
+        pairs.prompt_index += first
     pairs = redistribute(pairs, accelerator, _generator(settings.seed, "shuffle", round_index))
+    mid = time.perf_counter()
     unet.train()
     micro = micro_batches(pairs, settings.train_batch_size)
     for j, batch in enumerate(micro):
         unit.check()
         with accelerator.autocast():
-            out = pair_loss(backbone, schedule, batch, cond, settings)
+            out = pair_loss(backbone, ctx.schedule, batch, cond, settings)
         loss = out["loss"]
         # accumulate_across_rounds (official SDXL trainer): count micro-batches over rounds, no
         # forced step at the round's end (n_micro 0 never matches)
         j_acc, n_acc = ((pending_micro_batches(log_lines, step), 0) if settings.accumulate_across_rounds
                         else (j, len(micro)))
         step = backward_micro_batch(
-            loss, j_acc, n_acc, step, params=params, optimizer=optimizer,
-            accelerator=accelerator, world=world, settings=settings, guard=guard,
+            loss, j_acc, n_acc, step, params=ctx.params, optimizer=ctx.optimizer,
+            accelerator=accelerator, world=world, settings=settings, guard=ctx.guard,
             where=f"optimizer step {step} (round {round_index})", unit=unit)
         log_lines.append({
             "round": round_index, "step": step, "epoch": round_index * world * settings.prompts_per_round // max(1, len(prompts)),
@@ -321,7 +371,7 @@ def _round(backbone, prompts, preference, settings, accelerator, unit: Unit, gua
             "ratio_lose": out["ratio_l"].mean().item(),
             "accepted_fraction": stats["pairs_accepted"] / max(1, stats["pairs_total"]),
             "score_mean": stats["score_mean"], "score_std": stats["score_std"],
-            "lr": optimizer.param_groups[0]["lr"], "pairs": len(batch),
+            "lr": ctx.optimizer.param_groups[0]["lr"], "pairs": len(batch),
             "pairs_per_s": len(pairs) / (time.perf_counter() - tic)})
     empty = 0 if micro else empty + 1
     if not micro:
@@ -329,11 +379,12 @@ def _round(backbone, prompts, preference, settings, accelerator, unit: Unit, gua
                           "score_mean": stats["score_mean"], "score_std": stats["score_std"],
                           "gap_max": stats["gap_max"], "empty_rounds": empty})
         log.warning("round %d/%d: every candidate pair was rejected (%d rounds in a row): %s",
-                    round_index + 1, n_rounds, empty, no_pairs_reason(stats, settings))
+                    round_index + 1, ctx.n_rounds, empty, no_pairs_reason(stats, settings))
         if empty >= MAX_EMPTY_ROUNDS:
             raise empty_round_error("every candidate pair was rejected", round_index, empty,
                                     no_pairs_reason(stats, settings))
+    toc = time.perf_counter()
     log.info("round %d/%d: %d pairs accepted of %d, score %.3f, %.1f s", round_index + 1,
-             n_rounds, stats["pairs_accepted"], stats["pairs_total"], stats["score_mean"],
-             time.perf_counter() - tic)
-    return step, empty
+             ctx.n_rounds, stats["pairs_accepted"], stats["pairs_total"], stats["score_mean"],
+             toc - tic)
+    return RoundResult(step, empty, 0 if pairs is None else len(pairs), mid - tic, toc - mid)
