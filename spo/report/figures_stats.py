@@ -156,10 +156,9 @@ def disagreement(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
     if predictor not in config["metrics"]:
         raise FigureError(f"config key 'figures.{name}.predictor' names '{predictor}', which is not "
                           f"under 'metrics'; defined: {', '.join(sorted(config['metrics']))}")
-    mspec = config["metrics"][predictor]  # the scorers read their block as the config's mapping
+    mspec = metric_spec(config, predictor)
     weights = resolve_weights(mspec, tiny_root=str(Path(models_root) / "metrics" / predictor))
-    scorer = build_scorer(metric_spec(config, predictor).scorer_of(predictor), mspec, device="cpu",
-                          weights=weights)
+    scorer = build_scorer(mspec.scorer_of(predictor), mspec, device="cpu", weights=weights)
     max_pairs, n_examples = int(spec.get("max_pairs", 2000)), int(spec.get("examples", 4))
     rng = np.random.default_rng(int(spec.get("seed", 0)))
     results, examples = [], []

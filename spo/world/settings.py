@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from spo.world.grammar import WorldError
+from spo.world.grammar import WorldError, WorldSpec
 
 PARTS = ("vae", "clip-a", "clip-b", "pickscore", "sd15", "sdxl", "release")
 
@@ -92,3 +92,15 @@ class PretrainSettings:
                                      f"are not allowed; allowed: {', '.join(base)}")
                 block[name] = PartRecipe(**{**base, **block[name]})
         return cls(**block)
+
+
+def world_spec(config: dict[str, Any]) -> WorldSpec:
+    """The config's ``world`` grammar (every key but ``pretrain``) as a ``WorldSpec``; no ``world``
+    block: the default world."""
+    block = {k: v for k, v in (config.get("world") or {}).items() if k != "pretrain"}
+    return WorldSpec.from_config(block)
+
+
+def pretrain_settings(config: dict[str, Any]) -> PretrainSettings:
+    """The config's ``world.pretrain`` as ``PretrainSettings`` (absent: the shipped recipe)."""
+    return PretrainSettings.from_config((config.get("world") or {}).get("pretrain"))
