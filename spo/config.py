@@ -249,8 +249,10 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
                        f"under 'prompt_sets'{_suggest(geneval.prompt_set, sets)}")
         out += [f"config key 'geneval.methods' names '{m}', which is not under 'methods'"
                 f"{_suggest(m, methods)}" for m in geneval.methods if m not in methods]
-    if config.get("world") is not None:
-        out += _world_errors(config["world"])
+    if config.get("world") is not None:  # parsed by the classes the stages get (spo.world.settings)
+        from spo.world.settings import world_problems
+
+        out += world_problems(config)
     if config.get("spm"):  # cross references and settings the schema cannot express
         from spo.spm.config_check import spm_block_errors
 
@@ -281,20 +283,6 @@ def _replicate_errors(config: dict[str, Any]) -> list[str]:
         if len(set(members)) != len(members):
             out.append(f"{key} names a method twice: {members}")
     return out
-
-
-def _world_errors(block: dict[str, Any]) -> list[str]:
-    """The ``world`` block through the classes that use it (torch-free)."""
-    from spo.world.grammar import WorldError, WorldSpec
-    from spo.world.settings import PretrainSettings
-
-    rest = {k: v for k, v in block.items() if k != "pretrain"}
-    try:
-        WorldSpec.from_config(rest)
-        PretrainSettings.from_config(block.get("pretrain"))
-    except (WorldError, TypeError) as exc:
-        return [str(exc)]
-    return []
 
 
 def train_settings(config: dict[str, Any], method: str):
