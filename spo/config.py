@@ -33,7 +33,8 @@ from spo.config_blocks import (block_errors, evaluate_groups, generation_spec,  
 
 @lru_cache(maxsize=1)
 def config_schema() -> dict[str, Any]:
-    """spo/config_schema.yaml, with each figure's block schema from the figure registry."""
+    """spo/config_schema.yaml, with each figure's block from the figure registry (a mapping; its
+    keys: the figure's settings class, parsed by ``figure_problems``)."""
     from spo.report.figure_registry import FIGURES
 
     text = resources.files("spo").joinpath("config_schema.yaml").read_text()
@@ -202,7 +203,9 @@ def validate_config(config: dict[str, Any]) -> None:
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     messages = [schema_error_message(e, config) for e in errors]
     if not messages:  # each block as its typed object (spo.config_blocks), then what they name
-        messages = block_errors(config) or _cross_reference_errors(config)
+        from spo.report.figure_registry import figure_problems
+
+        messages = (block_errors(config) + figure_problems(config)) or _cross_reference_errors(config)
     if messages:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
 
