@@ -33,7 +33,8 @@ from spo.config_blocks import (block_errors, evaluate_groups, generation_spec,  
 
 @lru_cache(maxsize=1)
 def config_schema() -> dict[str, Any]:
-    """spo/config_schema.yaml, with each figure's block schema from the figure registry."""
+    """spo/config_schema.yaml, with each figure's block from the figure registry (a mapping; its
+    keys: the figure's settings class, parsed by ``figure_problems``)."""
     from spo.report.figure_registry import FIGURES
 
     text = resources.files("spo").joinpath("config_schema.yaml").read_text()
@@ -202,7 +203,9 @@ def validate_config(config: dict[str, Any]) -> None:
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     messages = [schema_error_message(e, config) for e in errors]
     if not messages:  # each block as its typed object (spo.config_blocks), then what they name
-        messages = block_errors(config) or _cross_reference_errors(config)
+        from spo.report.figure_registry import figure_problems
+
+        messages = (block_errors(config) + figure_problems(config)) or _cross_reference_errors(config)
     if messages:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
 
@@ -249,8 +252,10 @@ def _cross_reference_errors(config: dict[str, Any]) -> list[str]:
                        f"under 'prompt_sets'{_suggest(geneval.prompt_set, sets)}")
         out += [f"config key 'geneval.methods' names '{m}', which is not under 'methods'"
                 f"{_suggest(m, methods)}" for m in geneval.methods if m not in methods]
-    if config.get("world") is not None:
-        out += _world_errors(config["world"])
+    if config.get("world") is not None:  # parsed by the classes the stages get (spo.world.settings)
+        from spo.world.settings import world_problems
+
+        out += world_problems(config)
     if config.get("spm"):  # cross references and settings the schema cannot express
         from spo.spm.config_check import spm_block_errors
 
@@ -281,20 +286,6 @@ def _replicate_errors(config: dict[str, Any]) -> list[str]:
         if len(set(members)) != len(members):
             out.append(f"{key} names a method twice: {members}")
     return out
-
-
-def _world_errors(block: dict[str, Any]) -> list[str]:
-    """The ``world`` block through the classes that use it (torch-free)."""
-    from spo.world.grammar import WorldError, WorldSpec
-    from spo.world.settings import PretrainSettings
-
-    rest = {k: v for k, v in block.items() if k != "pretrain"}
-    try:
-        WorldSpec.from_config(rest)
-        PretrainSettings.from_config(block.get("pretrain"))
-    except (WorldError, TypeError) as exc:
-        return [str(exc)]
-    return []
 
 
 def train_settings(config: dict[str, Any], method: str):

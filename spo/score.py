@@ -62,10 +62,11 @@ def check_scorer_dtypes(config: dict[str, Any], metrics: Sequence[str], device) 
     float16 / bfloat16 where supported); a ``ConfigError`` naming the key and those dtypes
     otherwise. A scorer runs in that dtype as its reference code does (weights and inputs cast,
     no autocast; heads that the references keep float stay float32: METRICS.md §3)."""
+    from spo.config_blocks import metric_spec
     from spo.training.precision import check_dtype
 
     for metric in metrics:
-        check_dtype(config["metrics"][metric].get("dtype", "float32"), device, key=f"metrics.{metric}.dtype")
+        check_dtype(metric_spec(config, metric).dtype, device, key=f"metrics.{metric}.dtype")
 
 
 def score_shards(config: dict[str, Any], metrics: str | Sequence[str], shard_dirs: Sequence[str | Path],
@@ -79,6 +80,7 @@ def score_shards(config: dict[str, Any], metrics: str | Sequence[str], shard_dir
     from spo.config_blocks import metric_spec
     from spo.devices import process_device
     from spo.metrics import build_scorer, resolve_weights
+    from spo.world.settings import world_spec
 
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     device = device or process_device()
@@ -87,13 +89,14 @@ def score_shards(config: dict[str, Any], metrics: str | Sequence[str], shard_dir
     frames, records = [], {}
     for metric in metrics:
         typed = metric_spec(config, metric)
-        # the scorers read their block as the config's mapping (and the provenance records it)
-        spec = config["metrics"][metric]
+        spec = config["metrics"][metric]  # the raw mapping: only the provenance records it
+        world = None
         if typed.scorer_of(metric) == "adherence":  # the tiny world's detector reads its grammar
             spec = {**spec, "world": config.get("world")}
-        weights = resolve_weights(spec, tiny_root=str(Path(layout.tiny_metric_dir(metric, models_root))))
-        scorer = build_scorer(typed.scorer_of(metric), spec, device=device, dtype=typed.dtype,
-                              weights=weights)
+            world = world_spec(config)
+        weights = resolve_weights(typed, tiny_root=str(Path(layout.tiny_metric_dir(metric, models_root))))
+        scorer = build_scorer(typed.scorer_of(metric), typed, device=device, dtype=typed.dtype,
+                              weights=weights, world=world)
         batch = 16 if typed.batch_size is None else typed.batch_size  # the scorers' own default: 8
         frames.append(score_manifest(scorer, manifest, batch, metric))
         records[metric] = {"spec": spec, "weights": weights, "version": scorer.version}

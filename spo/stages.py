@@ -129,22 +129,22 @@ def tiny_model(config, args) -> int:
            help="resumable checkpoints of this part (every part but release)"))
 def pretrain_tiny(config, args) -> int:
     from spo.world.pretrain import run_part
+    from spo.world.settings import pretrain_settings, world_spec
 
     if args.part != "release" and not args.checkpoints:
         raise SystemExit(f"error: --checkpoints is required for part {args.part!r}")
-    run_part(args.part, config.get("world"), args.parts, args.out, checkpoints=args.checkpoints)
+    run_part(args.part, world_spec(config), pretrain_settings(config), args.parts, args.out,
+             checkpoints=args.checkpoints)
     return 0
 
 
 @stage("world-prompts", "write the tiny world's prompt files from its grammar (--out: a folder)",
        torch_threads=False)
 def world_prompts(config, args) -> int:
-    from spo.world.grammar import WorldSpec
     from spo.world.prompts import write_prompt_files
+    from spo.world.settings import world_spec
 
-    world = dict(config.get("world") or {})
-    world.pop("pretrain", None)
-    for path in write_prompt_files(WorldSpec.from_config(world), args.out):
+    for path in write_prompt_files(world_spec(config), args.out):
         print(path)
     return 0
 
@@ -315,8 +315,9 @@ def geneval_layout(config, args) -> int:
        torch_threads=False)
 def geneval_detect(config, args) -> int:
     from spo.report.geneval import detect_layout
+    from spo.world.settings import world_spec
 
-    detect_layout(args.layout, config.get("world"), args.out)
+    detect_layout(args.layout, world_spec(config), args.out)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Every scorer is built once per job by ``build_scorer`` and then called on batches::
 
-    scorer = build_scorer("colorfulness", spec={}, device="cpu", dtype="float32")
+    scorer = build_scorer("colorfulness", spec=metric_spec(config, "colorfulness"), device="cpu",
+                          dtype="float32")
     scores = scorer(images, prompts)      # list[PIL.Image], list[str] -> np.ndarray (N,) float64
 
 The registry maps a name to "module:factory" and imports lazily, so that validating a config
@@ -16,7 +17,8 @@ from typing import Any
 
 from spo.metrics.base import Scorer, ScorerError
 
-# name -> "module:factory". The factory takes (spec, device, dtype, weights) and returns a Scorer.
+# name -> "module:factory". The factory takes (spec, device, dtype, weights) and returns a Scorer;
+# ``spec`` is the typed ``metrics.<name>`` (spo.config_blocks.MetricSpec). adherence also takes ``world``.
 _REGISTRY: dict[str, str] = {
     "colorfulness": "spo.metrics.colorfulness:build",
     "adherence": "spo.metrics.adherence:build",
@@ -32,28 +34,39 @@ def registered_scorers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_scorer(name: str, spec: dict[str, Any] | None = None, *, device: str = "cpu",
-                 dtype: str = "float32", weights: dict[str, str] | None = None) -> Scorer:
+def build_scorer(name: str, spec: Any = None, *, device: str = "cpu", dtype: str = "float32",
+                 weights: dict[str, str] | None = None, world: Any = None) -> Scorer:
     """Build the scorer registered as ``name``.
 
     Args:
         name: a registry name (``registered_scorers()``).
-        spec: the metric's config entry (``metrics.<name>`` in the workflow config).
+        spec: the metric's typed config entry (``spo.config.metric_spec(config, metric)``); a
+            mapping (or None: every default) is parsed as ``metrics.<name>`` first, so a bad key
+            is a ``ConfigError``.
         device, dtype: where and in which precision the scorer's model runs.
         weights: role -> local path of each checkpoint the scorer needs, already resolved.
+        world: the tiny world's grammar (``spo.world.settings.world_spec``), for ``adherence``.
     """
+    from spo.config_blocks import MetricSpec
+    from spo.config_spec import parse
+
     if name not in _REGISTRY:
         raise KeyError(f"unknown scorer '{name}'; available: {', '.join(registered_scorers())}")
+    if not isinstance(spec, MetricSpec):
+        spec = parse(MetricSpec, spec, f"metrics.{name}")
     module_name, factory_name = _REGISTRY[name].split(":")
     factory = getattr(importlib.import_module(module_name), factory_name)
-    return factory(spec or {}, device=device, dtype=dtype, weights=weights or {})
+    extra = {} if world is None else {"world": world}
+    return factory(spec, device=device, dtype=dtype, weights=weights or {}, **extra)
 
 
 __all__ = ["Scorer", "ScorerError", "build_scorer", "registered_scorers"]
 
 
-def resolve_weights(metric_spec: dict[str, Any], tiny_root: str | None = None) -> dict[str, str]:
+def resolve_weights(metric_spec: Any, tiny_root: str | None = None) -> dict[str, str]:
     """Resolve each ``weights.<role>`` source of a metric to a local file or folder.
+
+    ``metric_spec``: the typed ``metrics.<name>`` (``MetricSpec``), or its config mapping.
 
     A role with ``file:`` resolves to that file (sha256-checked when given), any other to a folder
     (a hub snapshot limited to ``allow_patterns``, a local path, or ``<tiny_root>/<role>``).
@@ -63,7 +76,8 @@ def resolve_weights(metric_spec: dict[str, Any], tiny_root: str | None = None) -
     from spo.models.sources import fetch_file, snapshot
 
     out = {}
-    for role, spec in (metric_spec.get("weights") or {}).items():
+    given = metric_spec.get("weights") if isinstance(metric_spec, dict) else metric_spec.weights
+    for role, spec in (given or {}).items():  # each source: a mapping the schema checked
         tiny_dir = Path(tiny_root) / role if tiny_root else None
         if spec.get("file"):
             out[role] = str(fetch_file(spec, tiny_dir=tiny_dir))

@@ -146,6 +146,12 @@ def hf_from_pretrained(cls, folder: Path, what: str, *, dtype):
     return model.eval()
 
 
+def scorer_batch_size(spec) -> int:
+    """``metrics.<name>.batch_size`` of the typed ``spec`` (``spo.config_blocks.MetricSpec``);
+    absent: 8, a scorer's own default (the scoring stage's is 16, ``spo.score``)."""
+    return 8 if spec.batch_size is None else spec.batch_size
+
+
 def batches(n: int, size: int) -> Iterator[slice]:
     """Slices of ``range(n)`` of at most ``size`` items."""
     if size < 1:

@@ -9,7 +9,8 @@ is the share of images that adhere. It is the tiny world's stand-in for GenEval'
       adherence: {scorer: adherence}                            # every attribute right
       adherence-shape: {scorer: adherence, attribute: shape}
 
-The world's grammar is the config's ``world`` block (the scoring stage passes it in).
+The world's grammar is the config's ``world`` block, typed (``spo.world.settings.world_spec``;
+the scoring stage passes it in).
 """
 
 from __future__ import annotations
@@ -47,14 +48,16 @@ class AdherenceScorer:
         return np.asarray(out, dtype=np.float64)
 
 
-def build(spec, *, device="cpu", dtype="float32", weights=None) -> AdherenceScorer:
+def build(spec, *, device="cpu", dtype="float32", weights=None,
+          world: WorldSpec | None = None) -> AdherenceScorer:
+    """``spec``: the typed ``metrics.<name>`` (its ``attribute`` checked at load); ``world``: the
+    world's grammar (None: the default world)."""
     if weights:
         raise ScorerError(f"metric 'adherence' takes no weights, got roles {sorted(weights)}")
-    attribute = spec.get("attribute", "all")
-    if attribute not in CHOICES:
+    attribute = spec.attribute
+    if attribute not in CHOICES:  # MetricSpec's choices and the detector's attributes must agree
         raise ScorerError(f"config key 'metrics.<name>.attribute' is {attribute!r}; allowed: "
                           f"{', '.join(CHOICES)}")
-    world = dict(spec.get("world") or {})
-    world.pop("pretrain", None)
-    return AdherenceScorer(world=WorldSpec.from_config(world), attribute=attribute,
+    return AdherenceScorer(world=WorldSpec.from_config({}) if world is None else world,
+                           attribute=attribute,
                            name="adherence" if attribute == "all" else f"adherence-{attribute}")

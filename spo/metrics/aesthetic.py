@@ -25,7 +25,7 @@ from PIL import Image
 from torch import nn
 
 from spo.metrics._common import (batches, check_inputs, check_keys, check_shapes,
-                                 hf_from_pretrained, load_state_dict_file, require_roles, torch_dtype)
+                                 hf_from_pretrained, scorer_batch_size, load_state_dict_file, require_roles, torch_dtype)
 from spo.metrics._preprocess import center_crop_pixels, read_clip_processor_config
 
 ROLES = ("clip", "mlp")
@@ -96,4 +96,4 @@ class AestheticScorer:
 def build(spec, *, device="cpu", dtype="float32", weights=None) -> AestheticScorer:
     roles = require_roles("aesthetic", weights or {}, ROLES)
     return AestheticScorer(roles["clip"], roles["mlp"], device=device, dtype=dtype,
-                           batch_size=spec.get("batch_size", 8))
+                           batch_size=scorer_batch_size(spec))

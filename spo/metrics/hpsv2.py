@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image
 
 from spo.metrics._common import (batches, check_inputs, check_keys, check_shapes,
-                                 load_state_dict_file, require_roles, torch_dtype)
+                                 load_state_dict_file, require_roles, scorer_batch_size,
+                                 torch_dtype)
 from spo.metrics._preprocess import longest_pad_pixels
 from spo.metrics.base import ScorerError
 
@@ -128,7 +129,7 @@ def _build(version: str, spec, device, dtype, weights) -> HPSv2Scorer:
     name = VERSIONS[version][0]
     roles = require_roles(name, weights or {}, ("checkpoint",), optional=("architecture",))
     return HPSv2Scorer(roles["checkpoint"], roles.get("architecture"), version=version, device=device,
-                       dtype=dtype, batch_size=spec.get("batch_size", 8))
+                       dtype=dtype, batch_size=scorer_batch_size(spec))
 
 
 def build(spec, *, device="cpu", dtype="float32", weights=None) -> HPSv2Scorer:

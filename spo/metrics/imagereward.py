@@ -33,7 +33,8 @@ from PIL import Image
 from torch import nn
 
 from spo.metrics._common import (batches, check_inputs, check_keys, check_shapes,
-                                 load_state_dict_file, require_roles, torch_dtype)
+                                 load_state_dict_file, require_roles, scorer_batch_size,
+                                 torch_dtype)
 from spo.metrics._preprocess import center_crop_pixels
 from spo.metrics.aesthetic import AestheticMLP
 from spo.metrics.base import ScorerError
@@ -222,4 +223,4 @@ def build(spec, *, device="cpu", dtype="float32", weights=None) -> ImageRewardSc
     roles = require_roles("imagereward", weights or {}, ROLES, optional=("architecture",))
     return ImageRewardScorer(roles["checkpoint"], roles["med_config"], roles["tokenizer"],
                              roles.get("architecture"), device=device, dtype=dtype,
-                             batch_size=spec.get("batch_size", 8))
+                             batch_size=scorer_batch_size(spec))

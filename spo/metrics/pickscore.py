@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from spo.metrics._common import (batches, check_inputs, hf_from_pretrained, require_roles,
-                                 torch_dtype)
+                                 scorer_batch_size, torch_dtype)
 from spo.metrics._preprocess import center_crop_pixels, read_clip_processor_config
 from spo.metrics.base import ScorerError
 
@@ -89,4 +89,4 @@ class PickScoreScorer:
 def build(spec, *, device="cpu", dtype="float32", weights=None) -> PickScoreScorer:
     roles = require_roles("pickscore", weights or {}, ROLES)
     return PickScoreScorer(roles["model"], roles["processor"], device=device,
-                           dtype=dtype, batch_size=spec.get("batch_size", 8))
+                           dtype=dtype, batch_size=scorer_batch_size(spec))

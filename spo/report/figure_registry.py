@@ -1,7 +1,9 @@
 """The figure registry: what the harness knows about each figure, in one table (``FIGURES``).
 
 A figure ``<name>`` is a PNG ``results/figures/<name>.png`` plus ``<name>.json`` (the numbers
-behind it) and, for some, further sidecars; its config block is ``figures.<name>``. Three places
+behind it) and, for some, further sidecars; its config block is ``figures.<name>``, a typed
+settings class declared here (``Figure.settings``), parsed at load and handed to its draw function
+(``figure_settings``). Three places
 read this table instead of branching on figure names:
 
 * ``workflow/rules/figures_common.smk``: the rule's inputs (``Figure.reads``, as kinds of files;
@@ -20,10 +22,11 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import Any, Callable
 
 from spo import layout  # path defaults (standard library only)
+from spo.config_spec import Spec, choice, integer, items, number, parse, problems, text
 
 
 class FigureError(ValueError):
@@ -106,9 +109,16 @@ class Figure:
     sidecars: tuple[str, ...] = ()  # outputs beside <name>.png and <name>.json
     extra: tuple[str, ...] = ()  # keys of ARGUMENTS it takes as keyword arguments
     torch_threads: bool = False  # it runs a network: set torch's threads as the torch stages do
-    # JSON Schema of its figures.<name> block; spo.config adds it to spo/config_schema.yaml's
-    # `figures` at load, so a figure's config keys are declared here, beside the figure
-    schema: dict[str, Any] | None = None
+    # its figures.<name> block, typed: a frozen dataclass of spo.config_spec fields (keys, types,
+    # ranges, defaults), declared below beside the figure and parsed at load (figure_problems)
+    settings: type | None = None
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The JSON Schema spo.config adds to spo/config_schema.yaml's ``figures`` at load: a
+        mapping; its keys, types and ranges are the ``settings`` class's (checked at load)."""
+        return {"type": "object", "description": f"{self.settings.__doc__.strip()}; keys, types and "
+                f"ranges: spo.report.figure_registry.{self.settings.__name__} (checked at load)"}
 
     @property
     def caption(self) -> str:
@@ -120,13 +130,21 @@ class Figure:
         return getattr(importlib.import_module(module), function)
 
     def read_list(self, config: dict[str, Any]) -> list[Reads]:
-        spec = figure_block(config, self.name)
+        spec = figure_settings(config, self.name)
         return self.reads(config, spec, self.methods(config, spec))
 
 
-def figure_block(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """``figures.<name>`` of the config, ``{}`` when it has none."""
-    return (config.get("figures") or {}).get(name) or {}
+def figure_settings(config: dict[str, Any], name: str) -> Any:
+    """``figures.<name>`` of the config as its typed settings (``Figure.settings``); None when the
+    config has no such block. A bad value is a ``ConfigError`` naming ``figures.<name>.<key>``."""
+    figures = config.get("figures") or {}
+    return parse(FIGURES[name].settings, figures[name], f"figures.{name}") if name in figures else None
+
+
+def figure_problems(config: dict[str, Any]) -> list[str]:
+    """Every problem of the ``figures`` blocks, each parsed with its figure's settings class."""
+    return [p for name, block_ in (config.get("figures") or {}).items() if name in FIGURES
+            for p in problems(FIGURES[name].settings, block_, f"figures.{name}")]
 
 
 def trained_methods(config: dict[str, Any]) -> list[str]:
@@ -139,7 +157,7 @@ def trained_methods(config: dict[str, Any]) -> list[str]:
 def figure_methods(config: dict[str, Any], name: str) -> list[str]:
     """The methods figure ``name`` names (none for a figure not in the registry)."""
     figure = FIGURES.get(name)
-    return figure.methods(config, figure_block(config, name)) if figure else []
+    return figure.methods(config, figure_settings(config, name)) if figure else []
 
 
 def check_figures(config: dict[str, Any]) -> list[str]:
@@ -151,7 +169,7 @@ def check_figures(config: dict[str, Any]) -> list[str]:
         if missing:
             out.append(f"config key 'figures.{name}' names methods {missing}, which are not under "
                        f"'methods'")
-        prompt_set = figures[name].get("prompt_set")
+        prompt_set = getattr(figure_settings(config, name), "prompt_set", None)
         if prompt_set is not None and prompt_set not in config["prompt_sets"]:
             out.append(f"config key 'figures.{name}.prompt_set' names '{prompt_set}', which is not "
                        f"under 'prompt_sets'")
@@ -167,28 +185,30 @@ def check_figures(config: dict[str, Any]) -> list[str]:
 
 # --- what each figure names and reads ---------------------------------------------------------
 
+# ``spec``: the figure's typed settings, None where the config has no block for it
+
 def _rows(config, spec):
-    return list(spec.get("rows", []))
+    return list(spec.rows) if spec else []
 
 
 def _listed(config, spec):
-    return list(spec.get("methods", []))
+    return list(spec.methods) if spec else []
 
 
 def _figure6_methods(config, spec):
-    return [spec["method"]] + [o["method"] for o in spec.get("opponents", [])] if spec else []
+    return [spec.method] + [o.method for o in spec.opponent_list()] if spec else []
 
 
 def _transfer_methods(config, spec):
-    return [spec["base_method"], spec["transfer_method"]] if spec else []
+    return [spec.base_method, spec.transfer_method] if spec else []
 
 
 def _curve_methods(config, spec):
-    return list(spec.get("methods") or trained_methods(config))
+    return list((spec.methods if spec else None) or trained_methods(config))
 
 
 def _shards(config, spec, methods):
-    return [Reads("shards", tuple(methods), prompt_set=spec["prompt_set"])]
+    return [Reads("shards", tuple(methods), prompt_set=spec.prompt_set)]
 
 
 def _trained(config, spec, methods):
@@ -196,18 +216,18 @@ def _trained(config, spec, methods):
 
 
 def _scores(config, spec, methods):
-    return [Reads("scores", tuple(methods), prompt_set=spec["prompt_set"]),
+    return [Reads("scores", tuple(methods), prompt_set=spec.prompt_set),
             Reads("paper_numbers", passed=False)]
 
 
 def _pairs(config, spec, methods):
-    splits = spec.get("splits") or ["train", "validation"]
-    return [Reads("spm_pairs", tuple(splits), dataset=spec["dataset"]),
-            Reads("metric_weights", (spec["predictor"],), passed=False)]
+    splits = spec.splits or ["train", "validation"]
+    return [Reads("spm_pairs", tuple(splits), dataset=spec.dataset),
+            Reads("metric_weights", (spec.predictor,), passed=False)]
 
 
 def _validation(config, spec, methods):
-    runs = spec.get("runs") or list(((config.get("spm") or {}).get("runs") or {}))
+    runs = (spec.runs if spec else None) or list(((config.get("spm") or {}).get("runs") or {}))
     return [Reads("spm_validation", tuple(runs))]
 
 
@@ -224,80 +244,102 @@ def _everything(config, spec, methods):
             Reads("paper_numbers", passed=False)]
 
 
-# --- each figure's config block (JSON Schema; "#/$defs/..." refer to spo/config_schema.yaml) ----
-_NAME = {"$ref": "#/$defs/name"}
+# --- each figure's config block: figures.<name>, typed (spo.config_spec), parsed at load -------------
+_NAME = Spec("text")
 
 
-def _names(description: str | None = None, min_items: int = 0) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "array", "items": _NAME}
-    if min_items:
-        out["minItems"] = min_items
-    if description:
-        out["description"] = description
-    return out
+@dataclass(frozen=True)
+class GridSettings:
+    """a grid of generated images: one method per row, the prompt set's prompts along the columns"""
+
+    prompt_set: str = text(why="a key of prompt_sets")
+    rows: list = items(_NAME, min_items=1, why="one method per grid row (or row block)")
+    columns: int | None = integer(None, ge=1, why="images per row; absent: every prompt in one row")
+    prompts: int | None = integer(None, ge=1, why="only the set's first N prompts; absent: all")
 
 
-def _block(description: str | None, properties: dict[str, Any], required: tuple = ()) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
-    if required:
-        out["required"] = list(required)
-    if description:
-        out["description"] = description
-    return out
+@dataclass(frozen=True)
+class Figure5Settings:
+    """x̂0 win / lose pairs the preference model chose while training (needs train.dump_examples)"""
+
+    methods: list = items(_NAME, min_items=1)
+    pairs: int = integer(4, ge=1, why="pairs shown per dumped round (first and last)")
 
 
-def _count(minimum: int, description: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "integer", "minimum": minimum}
-    if description:
-        out["description"] = description
-    return out
+@dataclass(frozen=True)
+class Opponent:
+    method: str = text(why="a key of methods")
+    paper: str = choice(MISSING, ("diffusion-dpo", "base"), why="which user-study panel it stands beside")
 
 
-def _grid(description: str) -> dict[str, Any]:
-    return {"$ref": "#/$defs/figure_grid", "description": description}
+@dataclass(frozen=True)
+class Figure6Settings:
+    """automatic win / draw / loss per metric (same prompt and seed) beside the paper's user study"""
+
+    prompt_set: str = text(why="a key of prompt_sets")
+    method: str = text(why="a key of methods")
+    opponents: list = items(Spec("mapping"), min_items=1, why="each {method, paper}")
+    metrics: list | None = items(_NAME, None, why="absent: every scored metric")
+    draw_tolerance: float = number(0.1, ge=0, why="a draw when |score difference| <= this x the "
+                                                  "metric's pooled sd")
+
+    @classmethod
+    def cross_checks(cls, values: dict[str, Any], key: str) -> list[str]:
+        return [p for i, o in enumerate(values["opponents"])
+                for p in problems(Opponent, o, f"{key}.opponents.{i}")]
+
+    def opponent_list(self) -> list[Opponent]:
+        """``opponents``, each typed (checked at load by ``cross_checks``)."""
+        return [parse(Opponent, o, f"figures.figure6.opponents.{i}") for i, o in enumerate(self.opponents)]
 
 
-_FIGURE5 = _block("x̂0 win / lose pairs the preference model chose while training (needs "
-                  "train.dump_examples)",
-                  {"methods": _names(min_items=1),
-                   "pairs": _count(1, "pairs shown per dumped round (first and last)")},
-                  required=("methods",))
-_OPPONENT = _block(None, {"method": _NAME,
-                          "paper": {"description": "which user-study panel it stands beside",
-                                    "enum": ["diffusion-dpo", "base"]}},
-                   required=("method", "paper"))
-_FIGURE6 = _block("automatic win / draw / loss per metric (same prompt and seed) beside the paper's "
-                  "user study",
-                  {"prompt_set": _NAME, "method": _NAME,
-                   "opponents": {"type": "array", "minItems": 1, "items": _OPPONENT},
-                   "metrics": _names(),
-                   "draw_tolerance": {"description": "a draw when |score difference| <= this x the "
-                                                     "metric's pooled sd",
-                                      "type": "number", "minimum": 0}},
-                  required=("prompt_set", "method", "opponents"))
-_DISAGREEMENT = _block("how often the pair label and an aesthetic predictor disagree on spm pairs",
-                       {"dataset": {"description": "a key of spm.datasets", **_NAME},
-                        "predictor": {"description": "a key of metrics", **_NAME},
-                        "splits": {"description": "pair splits to read (default both)",
-                                   "type": "array", "minItems": 1,
-                                   "items": {"enum": ["train", "validation"]}},
-                        "max_pairs": _count(1, "pairs scored per split (a random subset beyond it)"),
-                        "examples": _count(0), "seed": _count(0)},
-                       required=("dataset", "predictor"))
-_LORA_TRANSFER = _block("a trained LoRA on another model of its family: target alone vs target + LoRA",
-                        {"lora_method": {"description": "the trained method whose LoRA is applied", **_NAME},
-                         "target_model": {"description": "a key of models", **_NAME},
-                         "base_method": {"description": "a method of target_model without LoRA", **_NAME},
-                         "transfer_method": {"description": "a method of target_model whose lora: "
-                                                            "{path} is lora_method's training output "
-                                                            "folder", **_NAME},
-                         "prompt_set": _NAME, "columns": _count(1)},
-                        required=("lora_method", "target_model", "base_method", "transfer_method",
-                                  "prompt_set"))
-_SPM_ACCURACY = _block(None, {"runs": _names("spm runs (default: all)")})
-_TRAINING_CURVES = _block(None, {"methods": _names("trained methods (default: all)")})
-_COMPUTE = _block(None, {"metric": {"description": "the preference metric whose gain per compute "
-                                                   "hour is tabulated (default colorfulness)", **_NAME}})
+@dataclass(frozen=True)
+class DisagreementSettings:
+    """how often the pair label and an aesthetic predictor disagree on spm pairs"""
+
+    dataset: str = text(why="a key of spm.datasets")
+    predictor: str = text(why="a key of metrics")
+    splits: list | None = items(Spec("choice", choices=("train", "validation")), None, min_items=1,
+                                why="pair splits to read; absent: both")
+    max_pairs: int = integer(2000, ge=1, why="pairs scored per split (a random subset beyond it)")
+    examples: int = integer(4, ge=0)
+    seed: int = integer(0, ge=0)
+
+
+@dataclass(frozen=True)
+class LoraTransferSettings:
+    """a trained LoRA on another model of its family: target alone vs target + LoRA"""
+
+    lora_method: str = text(why="the trained method whose LoRA is applied")
+    target_model: str = text(why="a key of models")
+    base_method: str = text(why="a method of target_model without LoRA")
+    transfer_method: str = text(why="a method of target_model whose lora: {path} is lora_method's "
+                                    "training output folder")
+    prompt_set: str = text(why="a key of prompt_sets")
+    columns: int | None = integer(None, ge=1)
+
+
+@dataclass(frozen=True)
+class SpmAccuracySettings:
+    """SPM pairwise accuracy against t, with the ceiling"""
+
+    runs: list | None = items(_NAME, None, why="spm runs; absent: all")
+
+
+@dataclass(frozen=True)
+class TrainingCurvesSettings:
+    """loss, ratios and preference score per round, one column per method"""
+
+    methods: list | None = items(_NAME, None, why="trained methods; absent: all")
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """wall-clock / GPU-hours per stage and per method beside the paper's"""
+
+    metric: str = text("colorfulness", why="the preference metric whose gain per compute hour is "
+                                           "tabulated")
+
 
 _GRIDS = "spo.report.figures_grids"
 _STATS = "spo.report.figures_stats"
@@ -305,28 +347,28 @@ _STATS = "spo.report.figures_stats"
 FIGURES: dict[str, Figure] = {f.name: f for f in (
     # 3 x 8 grid: base / Diffusion-DPO / SPO on the Table 10 prompts
     Figure("figure2", f"{_GRIDS}:prompt_grid", _shards, _rows,
-           schema=_grid("3 x 8 grid: base / Diffusion-DPO / SPO on the Table 10 prompts")),
+           settings=GridSettings),
     # 4 x 5 grid of the SPO model on the Table 11 prompts
     Figure("figure11", f"{_GRIDS}:prompt_grid", _shards, _rows,
-           schema=_grid("4 x 5 grid of SPO samples on the Table 11 prompts")),
+           settings=GridSettings),
     # x̂0 win / lose pairs chosen by the SPM while training (train.dump_examples)
     Figure("figure5", f"{_GRIDS}:win_lose_pairs", _trained, _listed, trained_only=True,
-           schema=_FIGURE5),
+           settings=Figure5Settings),
     # automatic win / draw / loss per metric beside the paper's user study
     Figure("figure6", f"{_STATS}:figure6", _scores, _figure6_methods, sidecars=(".csv",),
-           schema=_FIGURE6),
+           settings=Figure6Settings),
     # generic pair label vs an aesthetic predictor on the SPM pairs (supplement Fig. 9)
     Figure("disagreement", f"{_STATS}:disagreement", _pairs,
-           extra=("models_root",), torch_threads=True, schema=_DISAGREEMENT),
+           extra=("models_root",), torch_threads=True, settings=DisagreementSettings),
     # a trained LoRA on another model of its family (the paper's Glyph-ByT5 figure)
     Figure("lora_transfer", f"{_GRIDS}:lora_transfer", _shards, _transfer_methods,
-           schema=_LORA_TRANSFER),
+           settings=LoraTransferSettings),
     # SPM pairwise accuracy against t, with the ceiling
-    Figure("spm_accuracy", f"{_STATS}:spm_accuracy", _validation, schema=_SPM_ACCURACY),
+    Figure("spm_accuracy", f"{_STATS}:spm_accuracy", _validation, settings=SpmAccuracySettings),
     # loss, ratios and preference score per round, one column per method
     Figure("training_curves", f"{_STATS}:training_curves", _trained, _curve_methods,
-           trained_only=True, schema=_TRAINING_CURVES),
+           trained_only=True, settings=TrainingCurvesSettings),
     # wall-clock / GPU-hours per stage and per method beside the paper's
     Figure("compute", "spo.report.figures_compute:compute_table", _everything,
-           sidecars=(".csv", ".md"), extra=("gpus", "benchmarks"), schema=_COMPUTE),
+           sidecars=(".csv", ".md"), extra=("gpus", "benchmarks"), settings=ComputeSettings),
 )}

@@ -31,13 +31,16 @@ def matplotlib_pyplot():
     return plt
 
 
-def figure_spec(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """``figures.<name>`` of the config, or a FigureError naming what is defined."""
+def figure_spec(config: dict[str, Any], name: str) -> Any:
+    """``figures.<name>`` of the config as its typed settings (``spo.report.figure_registry``:
+    ``Figure.settings``), or a FigureError naming what is defined."""
+    from spo.report.figure_registry import figure_settings
+
     figures = config.get("figures") or {}
     if name not in figures:
         raise FigureError(f"config key 'figures.{name}' is missing; defined figures: "
                           f"{', '.join(sorted(figures)) or 'none'} (config/config.yaml shows each)")
-    return figures[name]
+    return figure_settings(config, name)
 
 
 def check_methods(config: dict[str, Any], name: str, key: str, methods: Iterable[str]) -> None:

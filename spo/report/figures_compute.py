@@ -12,6 +12,7 @@ import pandas as pd
 
 from spo import layout
 
+from spo.report.figure_registry import ComputeSettings, figure_settings
 from spo.report.figures_common import matplotlib_pyplot, paper_data, save_figure, sidecar, write_data
 
 # PAPER.md §1.6: 4 x A100 GPU-hours of training incl. the SPM (SPO), and Diffusion-DPO's.
@@ -97,8 +98,8 @@ def compute_table(config: dict[str, Any], name: str, inputs: Sequence[str], out:
                         "gpu_hours": float(train["gpu_hours"].sum() + spm["gpu_hours"].sum()),
                         "paper_spo_gpu_hours": paper.get("spo"),
                         "paper_diffusion_dpo_gpu_hours": paper.get("diffusion-dpo")})
-    spec = (config.get("figures") or {}).get(name) or {}
-    gains = _preference_gains(inputs, spec.get("metric", "colorfulness"))
+    spec = figure_settings(config, name) or ComputeSettings()  # no block: every default
+    gains = _preference_gains(inputs, spec.metric)
     for m in methods:
         g = gains.get(m["method"])
         cost = m["train_seconds"] + m["spm_seconds"]
@@ -122,7 +123,7 @@ def compute_table(config: dict[str, Any], name: str, inputs: Sequence[str], out:
               f"{r['spm_seconds']:.1f} | {r['gpu_hours']:.3g} | {r['paper_spo_gpu_hours']} | "
               f"{r['paper_diffusion_dpo_gpu_hours']} |" for r in methods]
     if any(r["gain"] is not None for r in methods):
-        metric = spec.get("metric", "colorfulness")
+        metric = spec.metric
         lines += ["", f"Gain per compute: each method's paired difference in `{metric}` to its base model "
                       f"(held-out prompts, 95 % CI) per hour of its own jobs (training plus its SPM "
                       f"run; one CPU core each in the tiny profile). The paper's counterpart: SPO "

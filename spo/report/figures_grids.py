@@ -21,6 +21,7 @@ import numpy as np
 from spo import layout
 from spo.config_blocks import method_spec, model_spec, prompt_set_spec
 
+from spo.report.figure_registry import GridSettings
 from spo.report.figures_common import (FigureError, check_methods, colorfulness, draw_grid,
                                        figure_spec, image_table, load_rgb, prompt_order,
                                        read_manifests, short, wrap, write_data)
@@ -53,14 +54,19 @@ def prompt_grid(config: dict[str, Any], name: str, inputs: Sequence[str], out: s
         the data written beside the PNG: grid ``shape`` (rows, columns), the image of each cell,
         and each row's mean colourfulness of its images (computed from the PNGs).
     """
-    spec = figure_spec(config, name)
-    methods, prompt_set = list(spec["rows"]), spec["prompt_set"]
+    return _prompt_grid(config, name, figure_spec(config, name), inputs, out, root)
+
+
+def _prompt_grid(config: dict[str, Any], name: str, spec: GridSettings, inputs: Sequence[str],
+                 out: str | Path, root: str | Path, title: str | None = None) -> dict[str, Any]:
+    """``prompt_grid`` of the typed grid ``spec``; ``title`` None: the prompt set and the rows."""
+    methods, prompt_set = list(spec.rows), spec.prompt_set
     check_methods(config, name, "rows", methods)
     prompts = prompt_order(config, prompt_set, root)
-    if spec.get("prompts"):  # a grid of the first N prompts of a larger set (the tiny profile's)
-        prompts = prompts.iloc[:int(spec["prompts"])]
+    if spec.prompts:  # a grid of the first N prompts of a larger set (the tiny profile's)
+        prompts = prompts.iloc[:int(spec.prompts)]
     table = image_table(read_manifests(inputs), methods, prompts, prompt_set, name)
-    columns = int(spec.get("columns") or len(prompts))
+    columns = int(spec.columns or len(prompts))
     cells, row_methods, index = _grid_cells(table, methods, len(prompts), columns)
     one_method = len(methods) == 1
     captions = [[wrap(prompts["prompt"].iloc[i], 26, 2) if one_method else "" for i in idx]
@@ -70,7 +76,8 @@ def prompt_grid(config: dict[str, Any], name: str, inputs: Sequence[str], out: s
     colour = {m: float(np.mean([colorfulness(load_rgb(p)) for p in table[m]])) for m in methods}
     label = prompt_set_spec(config, prompt_set).label_or(prompt_set)
     draw_grid(cells, out, row_labels=row_labels, col_labels=col_labels, cell_captions=captions,
-              title=spec.get("title", f"{label}: " + " / ".join(method_label(config, m) for m in methods)))
+              title=title if title is not None else
+              f"{label}: " + " / ".join(method_label(config, m) for m in methods))
     return write_data(out, {
         "figure": name, "prompt_set": prompt_set, "rows": methods,
         "shape": [len(cells), max(len(r) for r in cells)],
@@ -88,14 +95,14 @@ def lora_transfer(config: dict[str, Any], name: str, inputs: Sequence[str], out:
     train_dir(<lora_method>)}``, ``spo.layout``) and ``prompt_set``.
     """
     spec = figure_spec(config, name)
-    base, transfer, lora_method = spec["base_method"], spec["transfer_method"], spec["lora_method"]
+    base, transfer, lora_method = spec.base_method, spec.transfer_method, spec.lora_method
     check_methods(config, name, "base_method / transfer_method / lora_method", [base, transfer, lora_method])
     problems = []
     for key, method in (("base_method", base), ("transfer_method", transfer)):
-        if method_spec(config, method).model != spec["target_model"]:
+        if method_spec(config, method).model != spec.target_model:
             problems.append(f"'figures.{name}.{key}' is '{method}', whose model is "
                             f"'{method_spec(config, method).model}', not the target_model "
-                            f"'{spec['target_model']}'")
+                            f"'{spec.target_model}'")
     try:  # the one parser of a LoRA-transfer path (the config check at load runs it too)
         transferred = layout.lora_transfer_method(config, transfer)
     except layout.LayoutError:
@@ -107,12 +114,11 @@ def lora_transfer(config: dict[str, Any], name: str, inputs: Sequence[str], out:
         problems.append(f"'figures.{name}.lora_method' is '{lora_method}', which is not trained here")
     if problems:
         raise FigureError("config: " + "; ".join(problems))
-    grid_config = {**config, "figures": {name: {
-        "prompt_set": spec["prompt_set"], "rows": [base, transfer], "columns": spec.get("columns"),
-        "title": f"LoRA of {method_label(config, lora_method)} on "
-                 f"{_model_label(config, spec['target_model'])}"}}}
-    data = prompt_grid(grid_config, name, inputs, out, root)
-    data.update({"lora_method": lora_method, "target_model": spec["target_model"],
+    grid = GridSettings(prompt_set=spec.prompt_set, rows=[base, transfer], columns=spec.columns)
+    data = _prompt_grid(config, name, grid, inputs, out, root,
+                        title=f"LoRA of {method_label(config, lora_method)} on "
+                              f"{_model_label(config, spec.target_model)}")
+    data.update({"lora_method": lora_method, "target_model": spec.target_model,
                  "lora_model": method_spec(config, lora_method).model})
     return write_data(out, data)
 
@@ -141,9 +147,9 @@ def win_lose_pairs(config: dict[str, Any], name: str, inputs: Sequence[str], out
     ``pairs`` of the first dumped round, then ``pairs`` of the last, each captioned with t and
     the preference model's two scores."""
     spec = figure_spec(config, name)
-    methods = list(spec["methods"])
+    methods = list(spec.methods)
     check_methods(config, name, "methods", methods)
-    per_side = int(spec.get("pairs", 4))
+    per_side = int(spec.pairs)
     by_dir = {Path(d).name: d for d in inputs}
     cells, captions, rows, chosen = [], [], [], {}
     for method in methods:
@@ -160,7 +166,7 @@ def win_lose_pairs(config: dict[str, Any], name: str, inputs: Sequence[str], out
         rows += [wrap(f"{method_label(config, method)}: preferred", 16, 3),
                  wrap(f"{method_label(config, method)}: dispreferred", 16, 3)]
     draw_grid(cells, out, row_labels=rows, cell_captions=captions,
-              title=spec.get("title", "Win-lose x̂0 pairs chosen by the preference model during training"))
+              title="Win-lose x̂0 pairs chosen by the preference model during training")
     return write_data(out, {"figure": name, "methods": methods,
                             "shape": [len(cells), max(len(r) for r in cells)], "pairs": chosen,
                             "win_above_lose": {m: float(np.mean([e["score_win"] > e["score_lose"]

@@ -78,23 +78,23 @@ def figure6(config: dict[str, Any], name: str, inputs: Sequence[str], out: str |
             root: str | Path = ".") -> dict[str, Any]:
     """Automatic win / draw / loss rates of ``method`` against each opponent, per metric."""
     spec = figure_spec(config, name)
-    method, prompt_set = spec["method"], spec["prompt_set"]
-    opponents = list(spec["opponents"])
-    check_methods(config, name, "method / opponents", [method] + [o["method"] for o in opponents])
-    tolerance = float(spec.get("draw_tolerance", 0.1))
+    method, prompt_set = spec.method, spec.prompt_set
+    opponents = spec.opponent_list()
+    check_methods(config, name, "method / opponents", [method] + [o.method for o in opponents])
+    tolerance = float(spec.draw_tolerance)
     scores = pd.concat([pd.read_parquet(f) for f in inputs], ignore_index=True)
     scores = scores[scores["prompt_set"] == prompt_set]
-    metrics = list(spec.get("metrics") or sorted(scores["metric"].unique()))
+    metrics = list(spec.metrics or sorted(scores["metric"].unique()))
     rows = []
     for opp in opponents:
         for metric in metrics:
             part = scores[scores["metric"] == metric]
-            mine, theirs = part[part["method"] == method], part[part["method"] == opp["method"]]
+            mine, theirs = part[part["method"] == method], part[part["method"] == opp.method]
             if mine.empty or theirs.empty:
-                missing = method if mine.empty else opp["method"]
+                missing = method if mine.empty else opp.method
                 raise FigureError(f"figure '{name}': no '{metric}' scores of '{missing}' on "
                                   f"'{prompt_set}' among the inputs")
-            rows.append({"method": method, "opponent": opp["method"], "paper_comparison": opp["paper"],
+            rows.append({"method": method, "opponent": opp.method, "paper_comparison": opp.paper,
                          "metric": metric, "version": part["metric_version"].iloc[0],
                          **win_draw_loss(mine, theirs, tolerance)})
     table = pd.DataFrame(rows)
@@ -107,10 +107,10 @@ def figure6(config: dict[str, Any], name: str, inputs: Sequence[str], out: str |
                              squeeze=False)
     colours = ("#2b8cbe", "#bdbdbd", "#e34a33")
     for ax, opp in zip(axes[0], opponents):
-        part = table[table["opponent"] == opp["method"]]
+        part = table[table["opponent"] == opp.method]
         labels = [f"{m} (automatic, n={n})" for m, n in zip(part["metric"], part["n"])]
         values = [tuple(r) for r in part[["win_pct", "draw_pct", "loss_pct"]].to_numpy()]
-        for criterion, triple in (human.get(opp["paper"]) or {}).items():
+        for criterion, triple in (human.get(opp.paper) or {}).items():
             labels.append(f"paper, human: {criterion}")
             values.append(tuple(triple))
         y = np.arange(len(labels))[::-1]
@@ -126,7 +126,7 @@ def figure6(config: dict[str, Any], name: str, inputs: Sequence[str], out: str |
         ax.set_xlim(0, 100)
         ax.set_xlabel("% of paired images (automatic) / of votes (paper)")
         ax.set_title(f"{config['methods'][method].get('label', method)} vs "
-                     f"{config['methods'][opp['method']].get('label', opp['method'])}", fontsize=8)
+                     f"{config['methods'][opp.method].get('label', opp.method)}", fontsize=8)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
     fig.suptitle(f"Win / draw / loss on {prompt_set} (draw: |Δ| ≤ {tolerance:g} σ of the metric); "
                  f"human bars: {short(source, 60)}", fontsize=8)
@@ -152,16 +152,15 @@ def disagreement(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
     from spo.spm.data import read_pairs
 
     spec = figure_spec(config, name)
-    predictor = spec["predictor"]
+    predictor = spec.predictor
     if predictor not in config["metrics"]:
         raise FigureError(f"config key 'figures.{name}.predictor' names '{predictor}', which is not "
                           f"under 'metrics'; defined: {', '.join(sorted(config['metrics']))}")
-    mspec = config["metrics"][predictor]  # the scorers read their block as the config's mapping
+    mspec = metric_spec(config, predictor)
     weights = resolve_weights(mspec, tiny_root=str(Path(models_root) / "metrics" / predictor))
-    scorer = build_scorer(metric_spec(config, predictor).scorer_of(predictor), mspec, device="cpu",
-                          weights=weights)
-    max_pairs, n_examples = int(spec.get("max_pairs", 2000)), int(spec.get("examples", 4))
-    rng = np.random.default_rng(int(spec.get("seed", 0)))
+    scorer = build_scorer(mspec.scorer_of(predictor), mspec, device="cpu", weights=weights)
+    max_pairs, n_examples = int(spec.max_pairs), int(spec.examples)
+    rng = np.random.default_rng(int(spec.seed))
     results, examples = [], []
     for folder in inputs:
         split = Path(folder).name
@@ -203,7 +202,7 @@ def disagreement(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
                 va="bottom", fontsize=7)
     ax.set_ylabel("% disagree")
     ax.set_ylim(0, max([r["disagree_pct"] for r in results] + [1.0]) * 1.3)
-    ax.set_title(f"Pair label vs {predictor} on spm pairs '{spec['dataset']}'", fontsize=8)
+    ax.set_title(f"Pair label vs {predictor} on spm pairs '{spec.dataset}'", fontsize=8)
     for c, ex in enumerate(examples):
         for r, (key, skey) in enumerate((("label_winner", "score_winner"), ("label_loser", "score_loser"))):
             a = fig.add_subplot(grid[1 + r, c])
@@ -217,7 +216,7 @@ def disagreement(config: dict[str, Any], name: str, inputs: Sequence[str], out: 
                 a.set_title(short(f"{ex['split']}: {ex['prompt']}", 28), fontsize=6)
     fig.tight_layout()
     save_figure(fig, out)
-    return write_data(out, {"figure": name, "dataset": spec["dataset"], "predictor": predictor,
+    return write_data(out, {"figure": name, "dataset": spec.dataset, "predictor": predictor,
                             "predictor_version": scorer.version, "splits": results,
                             "examples": [{k: v for k, v in e.items() if not k.startswith("label_")}
                                          for e in examples]})

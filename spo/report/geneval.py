@@ -165,19 +165,14 @@ def results_path(method: str, pattern: str = RESULTS_PATTERN) -> str:
     return pattern.format(method=method)
 
 
-def detect_layout(layout_dir: str | Path, world_block: dict[str, Any] | None,
-                  out_file: str | Path) -> pd.DataFrame:
+def detect_layout(layout_dir: str | Path, spec, out_file: str | Path) -> pd.DataFrame:
     """Score a GenEval layout with the tiny world's detector into GenEval's ``results.jsonl``
-    format: one line per (image, attribute), ``tag`` the attribute, ``correct`` its verdict."""
+    format: one line per (image, attribute), ``tag`` the attribute, ``correct`` its verdict.
+    ``spec``: the world's grammar (``spo.world.settings.world_spec(config)``)."""
     import numpy as np
     from PIL import Image
 
     from spo.world.detect import ATTRIBUTES, adherence
-    from spo.world.grammar import WorldSpec
-
-    world = dict(world_block or {})
-    world.pop("pretrain", None)
-    spec = WorldSpec.from_config(world)
     rows = []
     for folder in sorted(p for p in Path(layout_dir).iterdir() if p.is_dir() and p.name.isdigit()):
         meta_line = (folder / "metadata.jsonl").read_text(encoding="utf-8").strip()

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from spo.config_spec import ConfigError
+
 # Hue (degrees), saturation and value of each named colour's centre. Chromatic object colours are
 # jittered in saturation and value when rendered (``render.py``), never in hue beyond a few degrees,
 # so "red" stays red while its colourfulness varies within a caption.
@@ -36,8 +38,9 @@ SHAPES = ("circle", "square", "triangle")
 SIZES: dict[str, tuple[float, float]] = {"small": (0.42, 0.52), "large": (0.64, 0.80)}
 
 
-class WorldError(ValueError):
-    """A world config that cannot render: unknown colour or shape, size out of range."""
+class WorldError(ConfigError):
+    """A world config that cannot render: unknown colour or shape, size out of range (a
+    ``ConfigError``: the message names the ``world.<key>``)."""
 
 
 @dataclass(frozen=True)

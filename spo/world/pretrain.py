@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -174,14 +173,14 @@ def write_preprocessor_config(folder: Path, size: int) -> None:
         "image_std": list(CLIP_STD), "resample": 3, "size": size}, indent=2) + "\n")
 
 
-def run_part(part: str, world_block: dict[str, Any] | None, parts_root: str | Path, out_dir: str | Path,
-             *, checkpoints: str | Path | None) -> None:
-    """Pretrain ``part`` into ``out_dir``; earlier parts are read from ``parts_root/<part>``."""
+def run_part(part: str, spec: WorldSpec, ps: PretrainSettings, parts_root: str | Path,
+             out_dir: str | Path, *, checkpoints: str | Path | None) -> None:
+    """Pretrain ``part`` into ``out_dir``; earlier parts are read from ``parts_root/<part>``.
+
+    ``spec``, ``ps``: the config's ``world`` grammar and ``world.pretrain`` recipe, typed
+    (``spo.world.settings.world_spec`` / ``pretrain_settings``)."""
     from spo.world.pretrain_unet import train_unet
 
-    block = dict(world_block or {})
-    ps = PretrainSettings.from_config(block.pop("pretrain", None))
-    spec = WorldSpec.from_config(block)
     torch.manual_seed(ps.seed)
     parts_root, out_dir = Path(parts_root), Path(out_dir)
     checkpoints = Path(checkpoints) if checkpoints is not None else None

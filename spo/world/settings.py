@@ -1,11 +1,18 @@
-"""The pretraining recipe of the tiny world (config ``world.pretrain``), checked at load."""
+"""The tiny world's config block, typed and checked at load: its grammar (``world.<key>``, a
+``WorldSpec``) and its pretraining recipe (``world.pretrain``, ``PretrainSettings``).
+
+``world_spec(config)`` and ``pretrain_settings(config)`` are what the stages read; the config check
+(``spo.config.validate_config``) runs ``world_problems`` first, so a bad key, type or range is a
+``ConfigError`` naming ``world.<key>`` at ``snakemake -n``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from spo.world.grammar import WorldError
+from spo.config_spec import ConfigError, Spec, block, integer, items, number, problems
+from spo.world.grammar import WorldError, WorldSpec
 
 PARTS = ("vae", "clip-a", "clip-b", "pickscore", "sd15", "sdxl", "release")
 
@@ -92,3 +99,84 @@ class PretrainSettings:
                                      f"are not allowed; allowed: {', '.join(base)}")
                 block[name] = PartRecipe(**{**base, **block[name]})
         return cls(**block)
+
+
+
+# --- what the config block accepts (types and ranges; the classes above add their vocabularies) ----
+# Every default is None: an absent key keeps the class's own default (WorldSpec, PretrainSettings).
+
+_WORD = Spec("text")
+
+
+@dataclass(frozen=True)
+class _RecipeKeys:
+    """``world.pretrain.<vae|clip|pickscore|unet>``: absent keys keep that part's recipe."""
+
+    steps: int = integer(None, ge=1)
+    batch: int = integer(None, ge=1)
+    lr: float = number(None, gt=0)
+    lr_floor: float = number(None, ge=0)
+    warmup: int = integer(None)
+    weight_decay: float = number(None)
+
+
+@dataclass(frozen=True)
+class _PretrainKeys:
+    seed: int = integer(None, why="every random draw is a function of (seed, part, step)")
+    vae_images: int = integer(None, ge=1)
+    unet_images: int = integer(None, ge=1)
+    kl_weight: float = number(None)
+    caption_dropout: float = number(None, ge=0, lt=1)
+    min_snr_gamma: float | None = number(None, nullable=True, why="null: plain MSE")
+    ema_decay: float = number(None, gt=0, lt=1)
+    label_noise: float = number(None, ge=0, lt=1)
+    tie_margin: float = number(None)
+    checkpoint_every: int = integer(None, ge=1)
+    vae: dict | None = block(_RecipeKeys)
+    clip: dict | None = block(_RecipeKeys)
+    pickscore: dict | None = block(_RecipeKeys)
+    unet: dict | None = block(_RecipeKeys)
+
+
+@dataclass(frozen=True)
+class _WorldKeys:
+    colours: list = items(_WORD, None, min_items=1)
+    backgrounds: list = items(_WORD, None, min_items=1)
+    shapes: list = items(_WORD, None, min_items=1)
+    sizes: list = items(_WORD, None, min_items=1)
+    held_out: list = items(Spec("list", item=_WORD, min_items=3, max_items=3), None,
+                           why="[background, colour, shape] combinations never trained on")
+    image_size: int = integer(None, ge=16, le=128, multiple_of=8)
+    pretrain: dict | None = block(_PretrainKeys)
+
+
+def world_problems(config: dict[str, Any]) -> list[str]:
+    """Every problem of the config's ``world`` block (none: ``world_spec`` and
+    ``pretrain_settings`` build)."""
+    found = problems(_WorldKeys, config.get("world") or {}, "world")
+    if found:
+        return found
+    try:
+        world_spec(config)
+        pretrain_settings(config)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def _checked(config: dict[str, Any]) -> dict[str, Any]:
+    found = problems(_WorldKeys, config.get("world") or {}, "world")
+    if found:
+        raise ConfigError("\n".join(found), found)
+    return dict(config.get("world") or {})
+
+
+def world_spec(config: dict[str, Any]) -> WorldSpec:
+    """The config's ``world`` grammar (every key but ``pretrain``) as a ``WorldSpec``; no ``world``
+    block: the default world."""
+    return WorldSpec.from_config({k: v for k, v in _checked(config).items() if k != "pretrain"})
+
+
+def pretrain_settings(config: dict[str, Any]) -> PretrainSettings:
+    """The config's ``world.pretrain`` as ``PretrainSettings`` (absent: the shipped recipe)."""
+    return PretrainSettings.from_config(_checked(config).get("pretrain"))

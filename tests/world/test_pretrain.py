@@ -13,6 +13,13 @@ SHORT = {"pretrain": {"vae_images": 128, "unet_images": 128, "checkpoint_every":
                       "pickscore": {"steps": 3, "batch": 8}, "unet": {"steps": 3, "batch": 8}}}
 
 
+def _typed(block):
+    """The world block as ``run_part`` gets it: (grammar, pretraining recipe), typed."""
+    from spo.world.settings import pretrain_settings, world_spec
+
+    return world_spec({"world": block}), pretrain_settings({"world": block})
+
+
 @pytest.fixture(scope="module")
 def short_world(tmp_path_factory):
     """Every part of a shortened pretraining, then the release, through ``run_part``."""
@@ -20,8 +27,8 @@ def short_world(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("world")
     for part in ("vae", "clip-a", "clip-b", "pickscore", "sd15", "sdxl"):
-        run_part(part, SHORT, root / "parts", root / "parts" / part, checkpoints=root / "ckpt" / part)
-    run_part("release", SHORT, root / "parts", root / "release", checkpoints=None)
+        run_part(part, *_typed(SHORT), root / "parts", root / "parts" / part, checkpoints=root / "ckpt" / part)
+    run_part("release", *_typed(SHORT), root / "parts", root / "release", checkpoints=None)
     return root
 
 
@@ -103,8 +110,8 @@ def test_pretraining_is_deterministic_and_resumes_exactly(tmp_path, monkeypatch)
 
     block = {"pretrain": {**SHORT["pretrain"], "clip": {"steps": 4, "batch": 16}}}
     a, b, c = (tmp_path / x for x in "abc")
-    run_part("clip-a", block, a, a / "clip-a", checkpoints=a / "ckpt")
-    run_part("clip-a", block, b, b / "clip-a", checkpoints=b / "ckpt")
+    run_part("clip-a", *_typed(block), a, a / "clip-a", checkpoints=a / "ckpt")
+    run_part("clip-a", *_typed(block), b, b / "clip-a", checkpoints=b / "ckpt")
     # c: stopped at step 3 (after the step-2 checkpoint), then rerun
     import spo.world.steps as steps
 
@@ -124,9 +131,9 @@ def test_pretraining_is_deterministic_and_resumes_exactly(tmp_path, monkeypatch)
     with monkeypatch.context() as patch:
         patch.setattr(pretrain, "run_steps", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            run_part("clip-a", block, c, c / "clip-a", checkpoints=c / "ckpt")
+            run_part("clip-a", *_typed(block), c, c / "clip-a", checkpoints=c / "ckpt")
     assert not (c / "clip-a").exists()  # nothing half-written
-    run_part("clip-a", block, c, c / "clip-a", checkpoints=c / "ckpt")
+    run_part("clip-a", *_typed(block), c, c / "clip-a", checkpoints=c / "ckpt")
     hashes = {sha256_file(x / "clip-a" / "model.safetensors") for x in (a, b, c)}
     assert len(hashes) == 1
 
