@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from spo.config_spec import ConfigError
+from spo.config_spec import ConfigError, bad, show
 
 # Hue (degrees), saturation and value of each named colour's centre. Chromatic object colours are
 # jittered in saturation and value when rendered (``render.py``), never in hue beyond a few degrees,
@@ -87,17 +87,19 @@ class WorldSpec:
                                      ("shapes", self.shapes, SHAPES), ("sizes", self.sizes, SIZES)):
             unknown = [v for v in values if v not in allowed]
             if unknown or not values:
-                raise WorldError(f"config key 'world.{key}' has {unknown or 'no values'}; allowed: "
-                                 f"{', '.join(allowed)}")
+                raise WorldError(bad(f"world.{key}", list(values),
+                                     f"it must be a non-empty list of {', '.join(allowed)}"
+                                     + (f" ({', '.join(map(show, unknown))} is not)" if unknown else "")))
         for combo in self.held_out:
             bg, colour, shape = combo
             if bg not in self.backgrounds or colour not in self.colours or shape not in self.shapes \
                     or bg == colour:
-                raise WorldError(f"config key 'world.held_out' has {list(combo)}, which is no "
-                                 f"[background, colour, shape] of this world")
+                raise WorldError(bad("world.held_out", [list(c) for c in self.held_out],
+                                     f"each entry must be a [background, colour, shape] of this "
+                                     f"world, background != colour ({list(combo)} is not)"))
         if not 16 <= self.image_size <= 128 or self.image_size % 8:
-            raise WorldError(f"config key 'world.image_size' is {self.image_size}; use a multiple "
-                             f"of 8 between 16 and 128")
+            raise WorldError(bad("world.image_size", self.image_size,
+                                 "it must be an integer in [16, 128], a multiple of 8"))
 
     @classmethod
     def from_config(cls, block: dict[str, Any] | None) -> "WorldSpec":
@@ -109,8 +111,8 @@ class WorldSpec:
                 block[key] = tuple(block[key])
         unknown = sorted(set(block) - set(cls.__dataclass_fields__))
         if unknown:
-            raise WorldError(f"config keys {['world.' + k for k in unknown]} are not allowed; "
-                             f"allowed: {', '.join(cls.__dataclass_fields__)}")
+            raise WorldError("; ".join(f"config key 'world.{k}' is not allowed" for k in unknown)
+                             + f"; allowed: {', '.join(cls.__dataclass_fields__)}")
         return cls(**block)
 
     def combinations(self) -> list[tuple[str, str, str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from spo.config_spec import ConfigError, Spec, block, integer, items, number, problems
+from spo.config_spec import ConfigError, Spec, bad, block, integer, items, number, problems, show
 from spo.world.grammar import WorldError, WorldSpec
 
 PARTS = ("vae", "clip-a", "clip-b", "pickscore", "sd15", "sdxl", "release")
@@ -68,19 +68,20 @@ class PretrainSettings:
             recipe = getattr(self, name)
             for key in ("steps", "batch"):
                 if getattr(recipe, key) < 1:
-                    raise WorldError(f"config key 'world.pretrain.{name}.{key}' is "
-                                     f"{getattr(recipe, key)}; it must be >= 1")
+                    raise WorldError(bad(f"world.pretrain.{name}.{key}", getattr(recipe, key),
+                                         "it must be an integer >= 1"))
             if not recipe.lr > 0 or recipe.lr_floor < 0:
-                raise WorldError(f"config key 'world.pretrain.{name}.lr' is {recipe.lr} (floor "
-                                 f"{recipe.lr_floor}); use lr > 0 and lr_floor >= 0")
+                raise WorldError(bad(f"world.pretrain.{name}.lr", recipe.lr,
+                                     f"it must be a number > 0, with lr_floor >= 0 (lr_floor is "
+                                     f"{show(recipe.lr_floor)})"))
         for key in ("caption_dropout", "label_noise"):
             if not 0 <= getattr(self, key) < 1:
-                raise WorldError(f"config key 'world.pretrain.{key}' is {getattr(self, key)}; use [0, 1)")
+                raise WorldError(bad(f"world.pretrain.{key}", getattr(self, key), "it must be a number in [0, 1)"))
         if not 0 < self.ema_decay < 1:
-            raise WorldError(f"config key 'world.pretrain.ema_decay' is {self.ema_decay}; use (0, 1)")
+            raise WorldError(bad("world.pretrain.ema_decay", self.ema_decay, "it must be a number in (0, 1)"))
         for key in ("vae_images", "unet_images", "checkpoint_every"):
             if getattr(self, key) < 1:
-                raise WorldError(f"config key 'world.pretrain.{key}' is {getattr(self, key)}; it must be >= 1")
+                raise WorldError(bad(f"world.pretrain.{key}", getattr(self, key), "it must be an integer >= 1"))
 
     @classmethod
     def from_config(cls, block: dict[str, Any] | None) -> "PretrainSettings":
@@ -88,15 +89,15 @@ class PretrainSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(block) - known)
         if unknown:
-            raise WorldError(f"config keys {['world.pretrain.' + k for k in unknown]} are not "
-                             f"allowed; allowed: {', '.join(sorted(known))}")
+            raise WorldError("; ".join(f"config key 'world.pretrain.{k}' is not allowed" for k in unknown)
+                             + f"; allowed: {', '.join(sorted(known))}")
         for name in ("vae", "clip", "pickscore", "unet"):
             if name in block:
                 base = asdict(getattr(cls(), name))
                 extra = sorted(set(block[name]) - set(base))
                 if extra:
-                    raise WorldError(f"config keys {[f'world.pretrain.{name}.{k}' for k in extra]} "
-                                     f"are not allowed; allowed: {', '.join(base)}")
+                    raise WorldError("; ".join(f"config key 'world.pretrain.{name}.{k}' is not allowed"
+                                               for k in extra) + f"; allowed: {', '.join(base)}")
                 block[name] = PartRecipe(**{**base, **block[name]})
         return cls(**block)
 

@@ -17,7 +17,7 @@ from spo.world.settings import PretrainSettings, PartRecipe, pretrain_settings, 
     ({"pretrain": {"vae_iamges": 5}}, "config key 'world.pretrain.vae_iamges' is not allowed"),
     ({"image_size": 20}, "config key 'world.image_size' is 20; it must be an integer in [16, 128], a multiple of 8"),
     ({"sizes": "small"}, "config key 'world.sizes' is 'small'; it must be a list of at least 1 items"),
-    ({"colours": ["pink"]}, "config key 'world.colours' has ['pink']; allowed:"),
+    ({"colours": ["pink"]}, "config key 'world.colours' is ['pink']; it must be a non-empty list of "),
 ])
 def test_a_bad_world_value_fails_the_config_check_naming_the_key(tiny_config, block, expected):
     tiny_config["world"] = block
