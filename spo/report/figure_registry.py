@@ -169,10 +169,16 @@ def check_figures(config: dict[str, Any]) -> list[str]:
         if missing:
             out.append(f"config key 'figures.{name}' names methods {missing}, which are not under "
                        f"'methods'")
-        prompt_set = getattr(figure_settings(config, name), "prompt_set", None)
-        if prompt_set is not None and prompt_set not in config["prompt_sets"]:
-            out.append(f"config key 'figures.{name}.prompt_set' names '{prompt_set}', which is not "
-                       f"under 'prompt_sets'")
+        spec = figure_settings(config, name)
+        # keys that name an entry of another block (the disagreement figure: its predictor is a
+        # metric, its dataset an spm dataset): checked here, not first when the figure is drawn
+        for key, where, known in (("prompt_set", "prompt_sets", config["prompt_sets"]),
+                                  ("predictor", "metrics", config["metrics"]),
+                                  ("dataset", "spm.datasets", (config.get("spm") or {}).get("datasets") or {})):
+            value = getattr(spec, key, None)
+            if value is not None and value not in known:
+                out.append(f"config key 'figures.{name}.{key}' names '{value}', which is not under "
+                           f"'{where}'")
     from spo.config_blocks import method_spec
 
     for name in (n for n, figure in FIGURES.items() if figure.trained_only):

@@ -50,6 +50,16 @@ def test_an_unknown_or_missing_figure_key_is_named(tiny_config):
         in str(err.value)
 
 
+@pytest.mark.parametrize("key, value, where", [("predictor", "aesthetics", "metrics"),
+                                               ("dataset", "no-such-pairs", "spm.datasets")])
+def test_a_disagreement_figure_naming_what_the_config_lacks_fails_at_load(tiny_config, key, value, where):
+    config = copy.deepcopy(tiny_config)
+    config["figures"]["disagreement"][key] = value
+    with pytest.raises(ConfigError, match=rf"config key 'figures\.disagreement\.{key}' names '{value}', "
+                                          rf"which is not under '{where}'"):
+        validate_config(config)
+
+
 def test_the_draw_functions_get_typed_settings_with_the_former_defaults(tiny_config):
     config = copy.deepcopy(tiny_config)
     assert isinstance(figure_spec(config, "figure2"), GridSettings)
