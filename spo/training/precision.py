@@ -62,43 +62,42 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.weight_dtype)
 
 
+def _device_values(device: str | torch.device) -> tuple[str, tuple[str, ...]]:
+    """(device type, the ``mixed_precision`` values it runs), CUDA's bf16 support asked once here."""
+    device_type = torch.device(device).type
+    bf16 = device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device_type, supported_values(device_type, bf16)
+
+
+def _refuse(key: str, value: str, device, allowed: tuple[str, ...], why: str) -> ConfigError:
+    return ConfigError(bad(key, value, f"the device '{device}' supports "
+                                       f"{', '.join(repr(v) for v in allowed)}"
+                                       f"{f' ({why})' if why else ''}; set one of them"))
+
+
 def check_precision(value: str, device: str | torch.device,
                     key: str = "train.mixed_precision") -> Precision:
     """The policy ``value`` on ``device``; a ``ConfigError`` naming ``key``, the value and the values
     the device supports when it cannot run it. Call it before loading any model."""
-    device_type = torch.device(device).type
-    bf16 = device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    allowed = supported_values(device_type, bf16)
+    device_type, allowed = _device_values(device)
     if value not in allowed:
         why = {("cpu", "fp16"): "fp16 autocast needs a CUDA GPU",
                ("cuda", "bf16"): "this GPU has no bf16 support"}.get((device_type, value), "")
-        raise ConfigError(bad(key, value, f"the device '{device}' supports "
-                                          f"{', '.join(repr(v) for v in allowed)}"
-                                          f"{f' ({why})' if why else ''}; set one of them"))
+        raise _refuse(key, value, device, allowed, why)
     return Precision(value, device_type)
-
-
-def supported_dtypes(device: str | torch.device) -> tuple[str, ...]:
-    """The dtype names weights may be stored in on ``device``: those of its ``mixed_precision``
-    values (a CPU: float32, bfloat16; a GPU: float32, float16 and, where supported, bfloat16)."""
-    device_type = torch.device(device).type
-    bf16 = device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return tuple(DTYPE_NAMES[v] for v in supported_values(device_type, bf16))
 
 
 def check_dtype(value: str, device: str | torch.device, key: str) -> Precision:
     """A weight dtype name (``float32`` | ``float16`` | ``bfloat16``: a scorer's ``metrics.<m>.dtype``,
     ``spm.runs.<run>.backbone_dtype``) on ``device``, as the policy of that dtype; a ``ConfigError``
     naming ``key``, the value and the dtypes the device supports otherwise. Call it before loading."""
-    allowed = supported_dtypes(device)
+    device_type, modes = _device_values(device)
+    allowed = tuple(DTYPE_NAMES[v] for v in modes)
     if value not in allowed:
-        device_type = torch.device(device).type
         why = {("cpu", "float16"): "float16 needs a CUDA GPU",
                ("cuda", "bfloat16"): "this GPU has no bf16 support"}.get((device_type, value), "")
-        raise ConfigError(bad(key, value, f"the device '{device}' supports "
-                                          f"{', '.join(repr(v) for v in allowed)}"
-                                          f"{f' ({why})' if why else ''}; set one of them"))
-    return Precision(DTYPE_MODES[value], torch.device(device).type)
+        raise _refuse(key, value, device, allowed, why)
+    return Precision(DTYPE_MODES[value], device_type)
 
 
 def cast_frozen(pipe, precision: Precision, *, keep_unet: bool = False) -> None:
